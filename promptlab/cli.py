@@ -1,0 +1,189 @@
+"""The command line. Thin: parse arguments, call one function in `promptlab.core`, print.
+
+Imports stay light at module level so `promptlab --help` answers fast; the core (and through it
+pydantic, jinja2, pandas, llama_cpp) is imported inside each command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="promptlab",
+    help="A lab for prompt engineering on local quantized models (llama.cpp).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. evals/example.yaml")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model label from the suite, bundled alias or .gguf path"),
+]
+FilterOpt = Annotated[
+    str | None, typer.Option("--filter", help="Regex on prompt label, test description and vars")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="Only the first N tests (after --filter)")
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to scaffold (default: here)")] = Path(),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files")] = False,
+) -> int:
+    """Scaffold prompts/, evals/ and an example suite."""
+    from promptlab import console, core
+
+    for path in core.init(folder, force):
+        console.out.print(f"created {path}")
+    console.out.print(f"next: promptlab run {folder / 'evals' / 'starter.yaml'}")
+    return 0
+
+
+@app.command()
+def validate(suite: SuiteArg, model: ModelOpt = None) -> int:
+    """Check a suite without loading a model: schema, files, templates, variables, checks."""
+    from promptlab import console, core
+
+    plan = core.prepare(suite, model=model)
+    console.print_notes(plan.suite.notes)
+    console.print_validate(plan, suite)
+    return 0
+
+
+@app.command()
+def render(
+    suite: SuiteArg,
+    model: ModelOpt = None,
+    filter_pattern: FilterOpt = None,
+    limit: LimitOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print cells as JSON")] = False,
+) -> int:
+    """Show the exact prompts (and chat messages) each model would receive."""
+    from promptlab import console, core
+
+    plan = core.prepare(suite, model=model, filter_pattern=filter_pattern, limit=limit)
+    console.print_notes(plan.suite.notes)
+    console.print_render(plan, as_json)
+    return 0
+
+
+@app.command()
+def run(
+    suite: SuiteArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Run folder (default: results/<suite>-<time>)"),
+    ] = None,
+    model: ModelOpt = None,
+    filter_pattern: FilterOpt = None,
+    limit: LimitOpt = None,
+) -> int:
+    """Run every prompt × test × model, score the outputs and write reports."""
+    from promptlab import console, core
+    from promptlab.errors import ExitCode
+
+    with console.RichProgress() as progress:
+        result = core.run(
+            suite,
+            out=output,
+            model=model,
+            filter_pattern=filter_pattern,
+            limit=limit,
+            progress=progress,
+            argv=sys.argv,
+        )
+    console.print_notes(result.notes)
+    console.print_run(result)
+    if result.error is not None:
+        raise result.error
+    if result.status == "interrupted":
+        return ExitCode.INTERRUPTED
+    return (
+        ExitCode.OK
+        if result.stats.failed + result.stats.errors == 0
+        else ExitCode.ASSERTIONS_FAILED
+    )
+
+
+@app.command()
+def report(folder: Annotated[Path, typer.Argument(help="A run folder")]) -> int:
+    """Rebuild results.csv, summary.csv and report.html from a run's stored results."""
+    from promptlab import console, core
+
+    console.print_report(core.report(folder))
+    return 0
+
+
+@app.command()
+def models() -> int:
+    """List bundled models and the GGUF files promptlab can see."""
+    from promptlab import console, core
+    from promptlab.templates import find_project_root
+
+    console.print_models(core.list_models(find_project_root(Path.cwd())))
+    return 0
+
+
+@app.command()
+def schema() -> int:
+    """Print the JSON Schema of suite files (for editor validation and completion)."""
+    import json
+
+    from promptlab import core
+
+    print(json.dumps(core.suite_schema(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place where errors become messages and exit codes."""
+    from typer.exceptions import TyperException
+
+    from promptlab.errors import PromptlabError
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        command = typer.main.get_command(app)
+        code = command.main(args=args, prog_name="promptlab", standalone_mode=False)
+    except TyperException as exc:  # usage errors: bad option, missing argument
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+        code = 2 if exc.exit_code == 1 else exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except PromptlabError as exc:
+        if _state["debug"] or "--debug" in args:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        code = int(exc.exit_code)
+    except Exception as exc:
+        if _state["debug"] or "--debug" in args:
+            raise
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        code = 1
+    sys.exit(int(code or 0))

@@ -1,0 +1,220 @@
+"""Terminal views (rich). Presentation only: no decisions about runs live here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from promptlab.core import ModelRow, RunResult
+    from promptlab.plan import Plan
+    from promptlab.report import ReportFiles
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+
+class RichProgress:
+    """A progress bar on stderr, so stdout stays clean for scripts."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "[green]✓{task.fields[ok]}[/] [red]✗{task.fields[bad]}[/] [yellow]!{task.fields[errors]}[/]"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+            refresh_per_second=4,  # the bar must not compete with llama.cpp for two cores
+        )
+        self.task = self.bar.add_task("starting", total=None, ok=0, bad=0, errors=0)
+        self.counts = {"pass": 0, "fail": 0, "error": 0}
+
+    def __enter__(self) -> RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def start(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
+    def model_loading(self, label: str) -> None:
+        self.bar.update(self.task, description=f"loading {label}")
+
+    def model_loaded(self, label: str, facts: dict[str, Any]) -> None:
+        rt = facts.get("runtime", {})
+        gpu = (
+            f"GPU offload: {rt.get('layers_offloaded', 0)}/{rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}"
+            if rt.get("gpu_offload_supported")
+            else "CPU build (no GPU offload)"
+        )
+        self.bar.console.print(
+            f"[dim]model[/] [bold]{escape(label)}[/] {escape(str(facts.get('quantization', '')))} · "
+            f"{escape(gpu)} · loaded in {facts.get('load_ms', 0):.0f} ms · chat template: {escape(str(facts.get('chat_template_source')))}"
+        )
+        requested = rt.get("n_gpu_layers_requested", 0)
+        if (
+            requested
+            and not rt.get("gpu_offload_supported")
+            and facts.get("load_settings", {}).get("n_gpu_layers") is not None
+        ):
+            self.bar.console.print(
+                '[yellow]warning:[/] GPU layers requested but this llama-cpp-python build is CPU-only; reinstall with CMAKE_ARGS="-DGGML_CUDA=on" ./dev setup'
+            )
+        self.bar.update(self.task, description=label)
+
+    def cell_done(self, row: dict[str, Any]) -> None:
+        self.counts[row["status"]] += 1
+        self.bar.update(
+            self.task,
+            advance=1,
+            ok=self.counts["pass"],
+            bad=self.counts["fail"],
+            errors=self.counts["error"],
+        )
+
+
+def _rate_style(rate: float) -> str:
+    return "green" if rate >= 0.8 else "yellow" if rate >= 0.5 else "red"
+
+
+def summary_table(reports: ReportFiles) -> Table:
+    table = Table(title="Summary", title_justify="left", header_style="bold")
+    for name in ("model", "prompt"):
+        table.add_column(name)
+    for name in ("pass rate", "passed", "failed", "errors", "latency", "tok/s"):
+        table.add_column(name, justify="right")
+    for rec in reports.summary:
+        rate = float(rec["pass_rate"])
+        lat = rec.get("mean_latency_ms")
+        tps = rec.get("mean_tokens_per_s")
+        table.add_row(
+            escape(str(rec["model"])),
+            escape(str(rec["prompt"])),
+            f"[{_rate_style(rate)}]{rate:.0%}[/]",
+            str(rec["passed"]),
+            str(rec["failed"]),
+            str(rec["errors"]),
+            f"{lat:.0f} ms" if lat is not None else "",
+            f"{tps:.1f}" if tps is not None else "",
+        )
+    return table
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        err.print(f"[cyan]note:[/] {escape(note)}")
+
+
+def print_run(result: RunResult) -> None:
+    if result.reports is None:
+        return
+    out.print(summary_table(result.reports))
+    s = result.stats
+    status = {
+        "complete": "",
+        "interrupted": " [yellow](interrupted)[/]",
+        "failed": " [red](failed)[/]",
+    }[result.status]
+    out.print(
+        f"{s.cells} cells: [green]{s.passed} passed[/], [red]{s.failed} failed[/], [yellow]{s.errors} errors[/]{status}"
+    )
+    out.print(
+        f"report: [link=file://{result.reports.html.resolve()}]{escape(str(result.reports.html))}[/link]"
+    )
+
+
+def print_report(reports: ReportFiles) -> None:
+    out.print(summary_table(reports))
+    t = reports.totals
+    out.print(
+        f"{t['cells']} cells: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors"
+    )
+    for path in (reports.results_csv, reports.summary_csv, reports.html):
+        out.print(f"wrote {escape(str(path))}")
+
+
+def print_validate(plan: Plan, path: Path) -> None:
+    s = plan.suite
+    out.print(
+        f"[green]✓[/] {escape(str(path))}: {len(s.prompts)} prompt(s) × {len(s.tests)} test(s) × "
+        f"{len(plan.models)} model(s) = {plan.total_cells} cells"
+    )
+    for m in plan.models:
+        where = m.path if isinstance(m.path, str) else m.path.name
+        out.print(
+            f"  model {escape(m.label)}: {escape(str(where))} · chat template: {escape(m.chat_source)}"
+        )
+
+
+def print_render(plan: Plan, as_json: bool) -> None:
+    if as_json:
+        cells = [
+            {
+                "cell_id": c.id,
+                "model": c.model.label,
+                "prompt": c.prompt.label,
+                "test": c.test.name,
+                "vars": c.test.vars,
+                "messages": [m.as_dict() for m in c.messages],
+                "chat_template": c.model.chat_source if c.chat_applied else None,
+                "text": c.text,
+                "add_bos": c.add_bos,
+                "checks": [k.describe() for k in c.checks],
+            }
+            for c in plan.cells
+        ]
+        out.print_json(json.dumps(cells, ensure_ascii=False, default=str))
+        return
+    for c in plan.cells:
+        title = f"{escape(c.prompt.label)} × {escape(c.test.name)} × {escape(c.model.label)}"
+        body = []
+        if c.chat_applied:
+            for m in c.messages:
+                body.append(f"[bold cyan]{m.role}[/]: {escape(m.content)}")
+            body.append(f"[dim]── chat template: {escape(c.model.chat_source)} ──[/]")
+        body.append(escape(c.text))
+        if c.checks:
+            body.append("[dim]checks: " + escape("; ".join(k.describe() for k in c.checks)) + "[/]")
+        out.print(Panel("\n".join(body), title=title, title_align="left", expand=True))
+    out.print(f"{len(plan.cells)} of {plan.total_cells} cells rendered")
+
+
+def print_models(rows: list[ModelRow]) -> None:
+    table = Table(header_style="bold")
+    for name in ("name", "size", "quant", "arch", "layers", "chat", "path / note"):
+        table.add_column(name, justify="right" if name in ("size", "layers") else "left")
+    for r in rows:
+        size = f"{r.size_bytes / 1e6:.0f} MB" if r.size_bytes else ""
+        chat = "" if r.chat_template is None else ("yes" if r.chat_template else "no")
+        detail = " · ".join(x for x in (r.path or "", r.note) if x)
+        table.add_row(
+            escape(r.name),
+            size,
+            r.quantization or "",
+            r.architecture or "",
+            str(r.n_layer or ""),
+            chat,
+            escape(detail),
+        )
+    out.print(table)

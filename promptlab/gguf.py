@@ -1,0 +1,243 @@
+"""A minimal GGUF metadata reader: the header key/values only, never the tensors.
+
+Why not the `gguf` package? Its GGUFReader maps and indexes every tensor and every vocabulary
+string as numpy views, which is slow for 262k-token vocabularies and pulls numpy into commands
+like `validate` that should start instantly. We need a handful of scalars plus two token strings.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from promptlab.errors import InputError
+
+MAGIC = b"GGUF"
+
+# llama_ftype from llama.h: what `general.file_type` means.
+FILE_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
+}
+
+# GGUF value types: (struct format, size) for fixed-width scalars.
+_SCALARS = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class GGUFInfo:
+    path: Path
+    version: int
+    n_tensors: int
+    metadata: dict[str, Any]
+    token_text: dict[int, str] = field(default_factory=dict)  # only the ids we asked for
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+    @property
+    def name(self) -> str | None:
+        name = self.metadata.get("general.name")
+        return str(name) if name is not None else None
+
+    @property
+    def quantization(self) -> str:
+        ftype = self.metadata.get("general.file_type")
+        if ftype is None:
+            return "unknown"
+        return FILE_TYPES.get(int(ftype), f"type {ftype}")
+
+    def arch_value(self, key: str) -> Any:
+        return self.metadata.get(f"{self.architecture}.{key}")
+
+    @property
+    def n_layer(self) -> int | None:
+        value = self.arch_value("block_count")
+        return int(value) if value is not None else None
+
+    @property
+    def n_ctx_train(self) -> int | None:
+        value = self.arch_value("context_length")
+        return int(value) if value is not None else None
+
+    @property
+    def chat_template(self) -> str | None:
+        value = self.metadata.get("tokenizer.chat_template")
+        return str(value) if value else None
+
+    def token(self, key: str) -> str | None:
+        token_id = self.metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return self.token_text.get(int(token_id)) if token_id is not None else None
+
+    @property
+    def add_bos(self) -> bool:
+        value = self.metadata.get("tokenizer.ggml.add_bos_token")
+        # llama.cpp's default depends on the tokenizer model; SPM adds BOS, BPE does not.
+        if value is None:
+            return self.metadata.get("tokenizer.ggml.model") in ("llama", "gemma", "t5")
+        return bool(value)
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self.f = f
+        self.path = path
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise InputError(f"{self.path}: truncated GGUF file", hint="re-download the model")
+        return data
+
+    def scalar(self, kind: int) -> Any:
+        fmt, size = _SCALARS[kind]
+        return struct.unpack(fmt, self.read(size))[0]
+
+    def string(self) -> str:
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > 1 << 28:
+            raise InputError(f"{self.path}: corrupt GGUF header (string of {length} bytes)")
+        return self.read(length).decode("utf-8", "replace")
+
+    def skip_string(self) -> None:
+        (length,) = struct.unpack("<Q", self.read(8))
+        self.f.seek(length, 1)
+
+    def value(
+        self, kind: int, keep_ids: set[int] | None = None, out: dict[int, str] | None = None
+    ) -> Any:
+        if kind in _SCALARS:
+            return self.scalar(kind)
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            (item_kind,) = struct.unpack("<I", self.read(4))
+            (count,) = struct.unpack("<Q", self.read(8))
+            if item_kind in _SCALARS:
+                size = _SCALARS[item_kind][1]
+                if count <= 64:
+                    return [self.scalar(item_kind) for _ in range(count)]
+                self.f.seek(size * count, 1)  # long numeric arrays (scores, types): skip
+                return f"<array of {count}>"
+            if item_kind == _STRING:
+                if keep_ids is not None and out is not None:
+                    for i in range(count):
+                        if i in keep_ids:
+                            out[i] = self.string()
+                        else:
+                            self.skip_string()
+                    return f"<array of {count} strings>"
+                if count <= 64:
+                    return [self.string() for _ in range(count)]
+                for _ in range(count):
+                    self.skip_string()
+                return f"<array of {count} strings>"
+            for _ in range(count):
+                self.value(item_kind)
+            return f"<array of {count}>"
+        raise InputError(f"{self.path}: corrupt GGUF header (value type {kind})")
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return False
+
+
+def read_gguf(path: Path) -> GGUFInfo:
+    """Read the header of a GGUF file. Raises InputError for anything that is not GGUF."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: model file not found", hint="check models[].path") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open model file: {exc.strerror}") from None
+    with f:
+        r = _Reader(f, path)
+        if f.read(4) != MAGIC:
+            raise InputError(
+                f"{path}: not a GGUF model file (bad magic bytes)",
+                hint="llama.cpp needs a .gguf file; convert or download one",
+            )
+        (version,) = struct.unpack("<I", r.read(4))
+        if version < 2:
+            raise InputError(f"{path}: GGUF version {version} is too old for llama.cpp")
+        n_tensors, n_kv = struct.unpack("<QQ", r.read(16))
+        metadata: dict[str, Any] = {}
+        token_text: dict[int, str] = {}
+        for _ in range(n_kv):
+            key = r.string()
+            (kind,) = struct.unpack("<I", r.read(4))
+            if key == "tokenizer.ggml.tokens":
+                # Special token ids come after the vocabulary in practice, but not by contract:
+                # remember where the array starts and come back if needed.
+                tokens_at = f.tell()
+                r.value(kind)
+                metadata[key] = tokens_at
+            else:
+                metadata[key] = r.value(kind)
+        tokens_at = metadata.pop("tokenizer.ggml.tokens", None)
+        if tokens_at is not None:
+            wanted = {
+                int(v)
+                for k, v in metadata.items()
+                if k.startswith("tokenizer.ggml.")
+                and k.endswith("_token_id")
+                and isinstance(v, int)
+            }
+            if wanted:
+                f.seek(tokens_at - 4)
+                (kind,) = struct.unpack("<I", r.read(4))
+                r.value(kind, keep_ids=wanted, out=token_text)
+    return GGUFInfo(
+        path=path, version=version, n_tensors=n_tensors, metadata=metadata, token_text=token_text
+    )

@@ -1,0 +1,249 @@
+"""Render a loaded suite into cells: prompt × test × model, with the exact text each model gets.
+
+All rendering happens here, before any model loads, so a missing variable, a bad regex or a
+chat-role mismatch stops the run with exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptlab import assertions
+from promptlab.backends import LoadSettings, Sampling, is_fake
+from promptlab.chat import ChatTemplate
+from promptlab.errors import InputError
+from promptlab.gguf import GGUFInfo, read_gguf
+from promptlab.models import resolve
+from promptlab.suite import LoadedSuite, ModelDef, PromptDef, TestDef
+from promptlab.templates import Message, split_roles
+from promptlab.yamlio import read_text
+
+
+@dataclass
+class PlannedModel:
+    label: str
+    spec_path: str
+    path: Path | str  # str for fake:// models
+    gguf: GGUFInfo | None
+    chat: ChatTemplate | None
+    settings: LoadSettings
+    where: str
+
+    @property
+    def chat_source(self) -> str:
+        return self.chat.source if self.chat else "none (raw completion)"
+
+
+@dataclass
+class Cell:
+    id: str
+    prompt: PromptDef
+    test: TestDef
+    model: PlannedModel
+    messages: list[Message]
+    chat_applied: bool
+    text: str  # exactly what is tokenized
+    add_bos: bool
+    checks: list[assertions.Check]
+
+
+@dataclass
+class Plan:
+    suite: LoadedSuite
+    models: list[PlannedModel]
+    cells: list[Cell]
+    sampling: Sampling
+    total_cells: int  # before --filter/--limit
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
+    spec = m.spec
+    gguf: GGUFInfo | None = None
+    path: Path | str
+    if is_fake(spec.path):
+        path = spec.path
+    else:
+        path = resolve(spec.path, suite.path.parent, m.where)
+        gguf = read_gguf(path)
+    chat: ChatTemplate | None = None
+    bos = (gguf.token("bos") if gguf else None) or ""
+    eos = (gguf.token("eos") if gguf else None) or ""
+    if spec.chat is not False:
+        if spec.chat_template is not None:
+            if spec.chat_template.startswith("file://"):
+                tpath = suite.path.parent / spec.chat_template.removeprefix("file://")
+                chat = ChatTemplate(
+                    f"file:{spec.chat_template.removeprefix('file://')}",
+                    read_text(tpath, "chat template"),
+                    bos,
+                    eos,
+                )
+            else:
+                chat = ChatTemplate("inline", spec.chat_template, bos, eos)
+        elif gguf is not None and gguf.chat_template:
+            chat = ChatTemplate("gguf:tokenizer.chat_template", gguf.chat_template, bos, eos)
+        elif spec.chat is True:
+            raise InputError(
+                f"{m.where}: chat: true but model '{m.label}' has no chat template",
+                hint="set chat_template: file://template.jinja, or chat: auto/false",
+            )
+    if chat is not None:
+        chat.compile(m.where)
+    threads = usable_cpus()
+    settings = LoadSettings(
+        n_gpu_layers=spec.n_gpu_layers,
+        n_ctx=spec.n_ctx,
+        n_batch=spec.n_batch,
+        n_threads=spec.n_threads or threads,
+        n_threads_batch=spec.n_threads_batch or spec.n_threads or threads,
+        flash_attn=spec.flash_attn,
+        seed=seed,
+    )
+    if gguf is not None and gguf.n_ctx_train and spec.n_ctx > gguf.n_ctx_train:
+        suite.notes.append(
+            f"{m.where}: n_ctx {spec.n_ctx} exceeds the model's training context {gguf.n_ctx_train}; quality may drop past it"
+        )
+    return PlannedModel(m.label, spec.path, path, gguf, chat, settings, m.where)
+
+
+def _cell_id(prompt: PromptDef, test: TestDef, model: PlannedModel) -> str:
+    # Identity of a cell across runs: which prompt, which test, which model; not the content,
+    # so a changed template shows up as a changed output of the same cell.
+    key = json.dumps(
+        [prompt.label, test.index, test.description, test.vars, model.label],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _render_value(suite: LoadedSuite, value: Any, variables: dict[str, Any], where: str) -> Any:
+    if isinstance(value, str) and ("{{" in value or "{%" in value):
+        return suite.env.render(suite.env.from_string(value, where), variables, where)
+    if isinstance(value, list):
+        return [_render_value(suite, v, variables, where) for v in value]
+    return value
+
+
+def _render_messages(
+    suite: LoadedSuite, prompt: PromptDef, test: TestDef
+) -> tuple[list[Message], bool]:
+    where = f"{test.where} ({test.name}) × prompt '{prompt.label}'"
+    try:
+        if prompt.kind == "messages":
+            msgs = [
+                Message(role or "user", suite.env.render(tpl, test.vars, where).strip())
+                for role, tpl in prompt.parts
+            ]
+            return msgs, True
+        text = suite.env.render(prompt.parts[0][1], test.vars, where)
+    except InputError:
+        if test.csv_columns is not None:
+            missing = sorted(prompt.variables - set(test.vars))
+            if missing:
+                cols = ", ".join(repr(v) for v in missing)
+                raise InputError(
+                    f"{test.where}: the CSV's columns don't provide {cols}, used by prompt "
+                    f"'{prompt.label}' ({prompt.source})",
+                    hint=f"add a column named {missing[0]} (or set it in vars:)",
+                ) from None
+        raise
+    return split_roles(text, f"{prompt.where} (rendered for {test.name})")
+
+
+def build_plan(
+    suite: LoadedSuite, *, filter_pattern: str | None = None, limit: int | None = None
+) -> Plan:
+    p = suite.params
+    sampling = Sampling(
+        p.temperature,
+        p.top_p,
+        p.top_k,
+        p.min_p,
+        p.max_tokens,
+        tuple(p.stop),
+        p.seed,
+        p.repeat_penalty,
+    )
+    models = [_plan_model(suite, m, p.seed) for m in suite.models]
+    for m in models:
+        if p.max_tokens >= m.settings.n_ctx:
+            raise InputError(
+                f"{suite.path}: params.max_tokens ({p.max_tokens}) must be smaller than n_ctx ({m.settings.n_ctx}) of model '{m.label}'",
+                hint="lower max_tokens or raise n_ctx",
+            )
+    matcher = None
+    if filter_pattern:
+        try:
+            matcher = re.compile(filter_pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise InputError(f"--filter: invalid regex {filter_pattern!r}: {exc}") from None
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+
+    cells: list[Cell] = []
+    total = 0
+    kept_tests: list[int] = []
+    rendered: dict[tuple[int, int], tuple[list[Message], bool]] = {}
+    checks: dict[int, list[assertions.Check]] = {}
+    for test in suite.tests:
+        prepared = []
+        for c in test.checks:
+            value = _render_value(suite, c.value, test.vars, c.where)
+            prepared.append(assertions.prepare(c.type, value, c.threshold, c.where))
+        checks[test.index] = prepared
+    for model in models:
+        for test in suite.tests:
+            for pi, prompt in enumerate(suite.prompts):
+                total += 1
+                if (pi, test.index) not in rendered:
+                    rendered[(pi, test.index)] = _render_messages(suite, prompt, test)
+                messages, had_roles = rendered[(pi, test.index)]
+                if matcher is not None:
+                    hay = " ".join([prompt.label, test.name, *(str(v) for v in test.vars.values())])
+                    if not matcher.search(hay):
+                        continue
+                if limit is not None and test.index not in kept_tests:
+                    if len(kept_tests) >= limit:
+                        continue
+                    kept_tests.append(test.index)
+                where = f"prompt '{prompt.label}' × model '{model.label}'"
+                if model.chat is not None:
+                    text = model.chat.apply(messages, where)
+                    chat_applied, add_bos = True, False  # the template writes BOS itself
+                else:
+                    if had_roles:
+                        raise InputError(
+                            f"{prompt.where}: prompt '{prompt.label}' has chat roles but model "
+                            f"'{model.label}' has no chat template (a base model, or chat: false)",
+                            hint="use a plain-text prompt for it, or set chat_template: on the model",
+                        )
+                    text = messages[0].content
+                    chat_applied, add_bos = False, True  # llama.cpp adds BOS iff the GGUF says so
+                cells.append(
+                    Cell(
+                        _cell_id(prompt, test, model),
+                        prompt,
+                        test,
+                        model,
+                        messages,
+                        chat_applied,
+                        text,
+                        add_bos,
+                        checks[test.index],
+                    )
+                )
+    return Plan(suite, models, cells, sampling, total)

@@ -1,0 +1,308 @@
+"""Reports from a run folder: results.csv, summary.csv and a self-contained report.html.
+
+The only module that imports pandas. Everything here is rebuilt from results.jsonl and
+manifest.json, so `promptlab report DIR` reproduces the files of a finished or interrupted run.
+All text that reaches the HTML is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from promptlab.store import atomic_write, read_manifest, read_results
+
+PARAM_COLUMNS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "seed",
+    "repeat_penalty",
+    "stop",
+)
+
+
+@dataclass
+class ReportFiles:
+    folder: Path
+    results_csv: Path
+    summary_csv: Path
+    html: Path
+    summary: list[dict[str, Any]]  # one dict per prompt × model, for the terminal
+    totals: dict[str, int]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    var_names: list[str] = []
+    for row in rows:
+        for key in row.get("vars", {}):
+            if key not in var_names:
+                var_names.append(key)
+    records = []
+    for row in rows:
+        rec: dict[str, Any] = {
+            "cell_id": row["cell_id"],
+            "model": row["model"],
+            "prompt": row["prompt"],
+            "test_index": row["test_index"],
+            "test": row["test"],
+        }
+        for name in var_names:
+            rec[f"var_{name}"] = _text(row.get("vars", {}).get(name))
+        rec.update(
+            {
+                "status": row["status"],
+                "pass": row["pass"],
+                "failed_checks": " | ".join(
+                    f"{c['check']}: {c['reason']}" for c in row.get("checks", []) if not c["pass"]
+                ),
+                "checks": " | ".join(
+                    f"{'PASS' if c['pass'] else 'FAIL'} {c['check']}: {c['reason']}"
+                    for c in row.get("checks", [])
+                ),
+                "output": row.get("output"),
+                "error": row.get("error"),
+                "rendered_prompt": row.get("rendered_prompt"),
+                "latency_ms": row.get("latency_ms"),
+                "prompt_tokens": row.get("prompt_tokens"),
+                "completion_tokens": row.get("completion_tokens"),
+                "tokens_per_s": row.get("tokens_per_s"),
+                "prompt_eval_tokens": row.get("prompt_eval_tokens"),
+                "finish_reason": row.get("finish_reason"),
+                "prompt_source": row.get("prompt_source"),
+            }
+        )
+        params = row.get("params", {})
+        for name in PARAM_COLUMNS:
+            rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
+    columns = [
+        "model",
+        "prompt",
+        "cells",
+        "passed",
+        "failed",
+        "errors",
+        "pass_rate",
+        "mean_latency_ms",
+        "mean_tokens_per_s",
+        "completion_tokens",
+    ]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = df.groupby(["model", "prompt"], sort=False)
+    out = grouped.agg(
+        cells=("status", "size"),
+        passed=("status", lambda s: int((s == "pass").sum())),
+        failed=("status", lambda s: int((s == "fail").sum())),
+        errors=("status", lambda s: int((s == "error").sum())),
+        mean_latency_ms=("latency_ms", "mean"),
+        mean_tokens_per_s=("tokens_per_s", "mean"),
+        completion_tokens=("completion_tokens", "sum"),
+    ).reset_index()
+    out["pass_rate"] = out["passed"] / out["cells"]
+    out["mean_latency_ms"] = out["mean_latency_ms"].round(1)
+    out["mean_tokens_per_s"] = out["mean_tokens_per_s"].round(1)
+    out["pass_rate"] = out["pass_rate"].round(4)
+    out["completion_tokens"] = out["completion_tokens"].fillna(0).astype(int)
+    return out[columns]
+
+
+def build_reports(folder: Path) -> ReportFiles:
+    manifest = read_manifest(folder)
+    rows = read_results(folder)
+    df = results_frame(rows)
+    summary = summary_frame(df)
+    results_csv, summary_csv, page = (
+        folder / "results.csv",
+        folder / "summary.csv",
+        folder / "report.html",
+    )
+    atomic_write(results_csv, df.to_csv(index=False))
+    atomic_write(summary_csv, summary.to_csv(index=False))
+    atomic_write(page, render_html(manifest, rows, summary))
+    totals = {
+        "cells": len(rows),
+        "passed": sum(r["status"] == "pass" for r in rows),
+        "failed": sum(r["status"] == "fail" for r in rows),
+        "errors": sum(r["status"] == "error" for r in rows),
+    }
+    records = [
+        {k: (None if pd.isna(v) else v) for k, v in rec.items()}
+        for rec in summary.to_dict(orient="records")
+    ]
+    return ReportFiles(folder, results_csv, summary_csv, page, records, totals)
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2430;background:#fafbfc}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 8px} .muted{color:#667085}
+table{border-collapse:collapse;background:#fff} th,td{border:1px solid #e3e7ee;padding:6px 8px;vertical-align:top;text-align:left}
+th{background:#f2f4f7;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.bar{display:inline-block;height:8px;background:#2e7d32;border-radius:2px;vertical-align:middle;margin-right:6px}
+.pass{background:#eaf6ec} .fail{background:#fdecec} .error{background:#fff4e0}
+.badge{font-size:11px;font-weight:600;padding:1px 6px;border-radius:8px;color:#fff}
+.badge.pass{background:#2e7d32} .badge.fail{background:#c62828} .badge.error{background:#b26a00}
+pre{white-space:pre-wrap;word-break:break-word;margin:4px 0;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;max-height:16em;overflow:auto}
+ul.checks{margin:4px 0;padding-left:18px;font-size:12px} ul.checks li.bad{color:#a11}
+details summary{cursor:pointer;color:#475467;font-size:12px} .grid td{min-width:220px;max-width:420px}
+footer{margin-top:32px;font-size:12px;color:#475467} footer td,footer th{font-size:12px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(_text(value), quote=True)
+
+
+def _cell_html(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return '<td class="muted">not run</td>'
+    status = row["status"]
+    parts = [f'<td class="{status}"><span class="badge {status}">{status.upper()}</span> ']
+    meta = []
+    if row.get("latency_ms") is not None:
+        meta.append(f"{row['latency_ms']:.0f} ms")
+    if row.get("completion_tokens") is not None:
+        meta.append(f"{row['completion_tokens']} tok")
+    parts.append(f'<span class="muted">{_e(" · ".join(meta))}</span>')
+    if row.get("error"):
+        parts.append(f"<pre>{_e(row['error'])}</pre>")
+    else:
+        parts.append(f"<pre>{_e(row.get('output'))}</pre>")
+    failed = [c for c in row.get("checks", []) if not c["pass"]]
+    if failed:
+        parts.append('<ul class="checks">')
+        parts += [f'<li class="bad">✗ {_e(c["check"])}: {_e(c["reason"])}</li>' for c in failed]
+        parts.append("</ul>")
+    parts.append("<details><summary>prompt &amp; checks</summary>")
+    parts.append(f"<pre>{_e(row.get('rendered_prompt'))}</pre>")
+    if row.get("checks"):
+        parts.append('<ul class="checks">')
+        parts += [
+            f'<li class="{"" if c["pass"] else "bad"}">{"✓" if c["pass"] else "✗"} {_e(c["check"])}: {_e(c["reason"])}</li>'
+            for c in row["checks"]
+        ]
+        parts.append("</ul>")
+    parts.append(
+        f'<div class="muted">finish: {_e(row.get("finish_reason"))} · prompt tokens: {_e(row.get("prompt_tokens"))}</div>'
+    )
+    parts.append("</details></td>")
+    return "".join(parts)
+
+
+def _summary_html(summary: pd.DataFrame) -> str:
+    out = [
+        "<table><tr><th>model</th><th>prompt</th><th>pass rate</th><th>passed</th><th>failed</th>"
+        "<th>errors</th><th>mean latency</th><th>tokens/s</th></tr>"
+    ]
+    for rec in summary.to_dict(orient="records"):
+        rate = float(rec["pass_rate"])
+        lat = rec["mean_latency_ms"]
+        tps = rec["mean_tokens_per_s"]
+        out.append(
+            f"<tr><td>{_e(rec['model'])}</td><td>{_e(rec['prompt'])}</td>"
+            f'<td class="num"><span class="bar" style="width:{rate * 80:.0f}px"></span>{rate:.0%}</td>'
+            f'<td class="num">{rec["passed"]}</td><td class="num">{rec["failed"]}</td><td class="num">{rec["errors"]}</td>'
+            f'<td class="num">{"" if pd.isna(lat) else f"{lat:.0f} ms"}</td>'
+            f'<td class="num">{"" if pd.isna(tps) else f"{tps:.1f}"}</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _grid_html(rows: list[dict[str, Any]]) -> str:
+    out = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        prompts = list(dict.fromkeys(r["prompt"] for r in mine))
+        tests: dict[int, dict[str, Any]] = {}
+        for r in mine:
+            tests.setdefault(r["test_index"], r)
+        by_key = {(r["test_index"], r["prompt"]): r for r in mine}
+        out.append(f'<h2>Outputs · model {_e(model)}</h2><table class="grid"><tr><th>test</th>')
+        out += [f"<th>{_e(p)}</th>" for p in prompts]
+        out.append("</tr>")
+        for index, first in sorted(tests.items()):
+            vars_html = "".join(
+                f"<div><b>{_e(k)}</b>: {_e(v)}</div>" for k, v in first.get("vars", {}).items()
+            )
+            out.append(
+                f'<tr><td><b>{_e(first["test"])}</b><div class="muted">{vars_html}</div></td>'
+            )
+            out += [_cell_html(by_key.get((index, p))) for p in prompts]
+            out.append("</tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
+def _footer_html(manifest: dict[str, Any]) -> str:
+    git = manifest.get("git") or {}
+    items = [
+        ("promptlab", manifest.get("promptlab_version")),
+        (
+            "suite",
+            f"{manifest.get('suite', {}).get('path')} (sha256 {str(manifest.get('suite', {}).get('sha256', ''))[:12]})",
+        ),
+        (
+            "git",
+            f"{git.get('commit', 'n/a')}{' (dirty)' if git.get('dirty') else ''}"
+            if git
+            else "not a git repository",
+        ),
+        ("started", manifest.get("started_at")),
+        ("finished", manifest.get("finished_at")),
+        ("status", manifest.get("status")),
+    ]
+    for m in manifest.get("models", []):
+        rt = m.get("runtime", {})
+        items.append(
+            (
+                f"model {m.get('label')}",
+                f"{m.get('file_name', m.get('path'))} · {m.get('architecture', '')} {m.get('quantization', '')} · "
+                f"sha256 {str(m.get('sha256', ''))[:12]} · chat template: {m.get('chat_template_source')} · "
+                f"{rt.get('engine_version', '')} · GPU offload {'supported' if rt.get('gpu_offload_supported') else 'not supported'}, "
+                f"{rt.get('layers_offloaded', 0)}/{rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}",
+            )
+        )
+    for name, digest in manifest.get("templates", {}).items():
+        items.append((f"template {name}", str(digest)[:12]))
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items)
+    return f"<footer><h2>Manifest</h2><table>{body}</table></footer>"
+
+
+def render_html(manifest: dict[str, Any], rows: list[dict[str, Any]], summary: pd.DataFrame) -> str:
+    suite = manifest.get("suite", {})
+    title = suite.get("description") or suite.get("path") or "promptlab run"
+    total = len(rows)
+    passed = sum(r["status"] == "pass" for r in rows)
+    status = manifest.get("status", "")
+    note = "" if status == "complete" else f" · <b>{_e(status)}</b>"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_e(title)} · promptlab</title><style>{_CSS}</style></head><body>"
+        f'<h1>{_e(title)}</h1><div class="muted">{_e(suite.get("path"))} · {passed}/{total} cells passed{note}</div>'
+        f"<h2>Summary</h2>{_summary_html(summary)}{_grid_html(rows)}{_footer_html(manifest)}</body></html>\n"
+    )
