@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def prepare(type_: str, value: Any, threshold: float | None, where: str) -> Chec
     elif base == "latency":
         limit = threshold if threshold is not None else value
         try:
-            threshold = float(limit)  # type: ignore[arg-type]
+            threshold = float(limit)
         except (TypeError, ValueError):
             raise InputError(
                 f"{where}: 'latency' needs a threshold in milliseconds",
@@ -174,7 +174,7 @@ def prepare(type_: str, value: Any, threshold: float | None, where: str) -> Chec
     return Check(type=type_, value=value, threshold=threshold, where=where)
 
 
-def _schema_validator(schema: Mapping[str, Any], where: str) -> Any:
+def _schema_validator(schema: dict[str, Any], where: str) -> Any:
     import jsonschema  # noqa: PLC0415 - only suites with schemas pay for the import
 
     try:
@@ -221,8 +221,8 @@ def _regex(check: Check, output: str) -> tuple[bool, str]:
 def _is_json(check: Check, output: str) -> tuple[bool, str]:
     try:
         data = json.loads(output)
-    except ValueError as exc:
-        return False, f"output is not valid JSON ({exc.msg} at char {getattr(exc, 'pos', '?')})"
+    except json.JSONDecodeError as exc:
+        return False, f"output is not valid JSON ({exc.msg} at char {exc.pos})"
     if check.value is None:
         return True, "output is valid JSON"
     validator = _schema_validator(check.value, check.where)

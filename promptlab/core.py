@@ -6,6 +6,7 @@ Data flow: suite (load_suite) → render (build_plan) → run (runner.execute) �
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import subprocess
@@ -245,6 +246,8 @@ def init(folder: Path, force: bool = False) -> list[Path]:
                 files.append((name, child.read_bytes()))
 
     walk(scaffold, "")
+    # Editors validate and complete suites against this file (see the starter's first line).
+    files.append(("suite.schema.json", (json.dumps(suite_schema(), indent=2) + "\n").encode()))
     targets = [(folder / name, data) for name, data in sorted(files)]
     clashes = [p for p, _ in targets if p.exists()]
     if clashes and not force:
@@ -261,6 +264,5 @@ def init(folder: Path, force: bool = False) -> list[Path]:
 def suite_schema() -> dict[str, Any]:
     schema = Suite.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://promptlab.dev/schema/suite.schema.json"
     schema["title"] = "promptlab suite"
     return schema

@@ -91,7 +91,8 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         for name in PARAM_COLUMNS:
             rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    frame: pd.DataFrame = pd.DataFrame.from_records(records)
+    return frame
 
 
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +109,8 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         "completion_tokens",
     ]
     if df.empty:
-        return pd.DataFrame(columns=columns)
+        empty: pd.DataFrame = pd.DataFrame(columns=columns)
+        return empty
     grouped = df.groupby(["model", "prompt"], sort=False)
     out = grouped.agg(
         cells=("status", "size"),
@@ -124,7 +126,8 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     out["mean_tokens_per_s"] = out["mean_tokens_per_s"].round(1)
     out["pass_rate"] = out["pass_rate"].round(4)
     out["completion_tokens"] = out["completion_tokens"].fillna(0).astype(int)
-    return out[columns]
+    result: pd.DataFrame = out[columns]
+    return result
 
 
 def build_reports(folder: Path) -> ReportFiles:
@@ -147,7 +150,7 @@ def build_reports(folder: Path) -> ReportFiles:
         "errors": sum(r["status"] == "error" for r in rows),
     }
     records = [
-        {k: (None if pd.isna(v) else v) for k, v in rec.items()}
+        {str(k): (None if pd.isna(v) else v) for k, v in rec.items()}
         for rec in summary.to_dict(orient="records")
     ]
     return ReportFiles(folder, results_csv, summary_csv, page, records, totals)

@@ -20,13 +20,14 @@ import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jinja2
 import jinja2.meta
 import jinja2.nodes
+from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from promptlab.errors import InputError, location
 from promptlab.yamlio import read_text
@@ -50,7 +51,7 @@ class OutsideProjectError(jinja2.TemplateError):
 
 
 class RoleExtension(Extension):
-    tags: ClassVar[set[str]] = set(ROLES)
+    tags = set(ROLES)  # noqa: RUF012 - jinja's Extension declares it as a plain attribute
 
     def parse(self, parser: Any) -> jinja2.nodes.Node:
         token = next(parser.stream)

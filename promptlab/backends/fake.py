@@ -4,8 +4,9 @@ Model paths select the behaviour:
   fake://echo               reply with the last user message (or the raw prompt)
   fake://reply?text=Paris   always reply `text`
   fake://rules?file=x.json  reply with the value of the first key found in the prompt
-Options (query string, combinable): sleep_ms=N (simulated latency), fail_on=WORD (raise when the
-prompt contains WORD), load_error=1 (fail to load). Tokens are whitespace-separated words, so
+Options (query string, combinable): sleep_ms=N (simulated latency), fail_on=WORD (a cell error when
+the prompt contains WORD), interrupt_after=N (raise KeyboardInterrupt on call N+1, as Ctrl-C
+would), load_error=1 (fail to load). Tokens are whitespace-separated words, so
 n_ctx and max_tokens behave like the real thing.
 """
 
@@ -29,6 +30,8 @@ class FakeBackend:
         self.sleep_s = float(query.get("sleep_ms", 0)) / 1000
         self.fail_on = query.get("fail_on")
         self.reply = query.get("text", "")
+        self.interrupt_after = int(query["interrupt_after"]) if "interrupt_after" in query else None
+        self.calls = 0
         self.rules: dict[str, str] = {}
         if self.mode not in ("echo", "reply", "rules"):
             raise InputError(
@@ -57,6 +60,9 @@ class FakeBackend:
         return len(text.split()) + (1 if add_bos else 0)
 
     def generate(self, text: str, add_bos: bool, sampling: Sampling) -> Generation:
+        if self.interrupt_after is not None and self.calls >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls += 1
         n_prompt = self.count_tokens(text, add_bos)
         if n_prompt >= self.settings.n_ctx:
             raise CellError(
