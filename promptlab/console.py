@@ -101,9 +101,9 @@ def _rate_style(rate: float) -> str:
 def summary_table(reports: ReportFiles) -> Table:
     table = Table(title="Summary", title_justify="left", header_style="bold")
     for name in ("model", "prompt"):
-        table.add_column(name)
-    for name in ("pass rate", "passed", "failed", "errors", "latency", "tok/s"):
-        table.add_column(name, justify="right")
+        table.add_column(name, overflow="fold", min_width=8)
+    for name in ("pass", "ok", "fail", "err", "latency", "tok/s"):
+        table.add_column(name, justify="right", no_wrap=True)
     for rec in reports.summary:
         rate = float(rec["pass_rate"])
         lat = rec.get("mean_latency_ms")
