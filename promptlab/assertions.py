@@ -100,9 +100,11 @@ class CheckResult:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\n", "\\n")
-    return json.dumps(text[:limit] + ("…" if len(text) > limit else ""), ensure_ascii=False)
+    """Text as a quoted JSON string, other values as JSON (not quoted twice), cut at `limit`."""
+    if isinstance(value, str):
+        return json.dumps(value[:limit] + ("…" if len(value) > limit else ""), ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False)
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 def check_type(name: str, where: str) -> str:

@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+_argv: list[str] = []  # the command line as given to main(), recorded in the run manifest
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. evals/example.yaml")]
 ModelOpt = Annotated[
@@ -108,7 +109,7 @@ def run(
             filter_pattern=filter_pattern,
             limit=limit,
             progress=progress,
-            argv=sys.argv,
+            argv=["promptlab", *_argv],
         )
     console.print_notes(result.notes)
     console.print_run(result)
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     from promptlab.errors import PromptlabError
 
     args = sys.argv[1:] if argv is None else argv
+    _argv[:] = args
     try:
         command = typer.main.get_command(app)
         code = command.main(args=args, prog_name="promptlab", standalone_mode=False)

@@ -47,15 +47,19 @@ class RichProgress:
         )
         self.task = self.bar.add_task("starting", total=None, ok=0, bad=0, errors=0)
         self.counts = {"pass": 0, "fail": 0, "error": 0}
+        self.started = False
 
     def __enter__(self) -> RichProgress:
-        self.bar.start()
+        # The bar appears in start(), once the suite is checked: an input error prints alone.
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.started:
+            self.bar.stop()
 
     def start(self, total: int) -> None:
+        self.started = True
+        self.bar.start()
         self.bar.update(self.task, total=total)
 
     def model_loading(self, label: str) -> None:

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__
 from promptlab.errors import InputError, PromptlabError
-from promptlab.gguf import read_gguf
-from promptlab.models import BUNDLED, find_gguf_files, search_dirs
+from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
 from promptlab.plan import Plan, build_plan
 from promptlab.runner import NoProgress, Progress, Stats, execute
 from promptlab.store import RunWriter, check_run_dir, default_run_dir
@@ -201,12 +200,12 @@ def list_models(project: Path) -> list[ModelRow]:
             )
             continue
         seen.add(path.resolve())
-        rows.append(_row(alias, path, read_gguf, bundled.description))
+        rows.append(_row(alias, path, gguf_info, bundled.description))
     for path in find_gguf_files(search_dirs(project)):
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
-        rows.append(_row(path.stem, path, read_gguf, ""))
+        rows.append(_row(path.stem, path, gguf_info, ""))
     return rows
 
 

@@ -225,6 +225,8 @@ def read_gguf(path: Path) -> GGUFInfo:
                 metadata[key] = tokens_at
             else:
                 metadata[key] = r.value(kind)
+        if f.tell() > path.stat().st_size:  # long arrays are skipped by seeking, which never fails
+            raise InputError(f"{path}: truncated GGUF file", hint="re-download the model")
         tokens_at = metadata.pop("tokenizer.ggml.tokens", None)
         if tokens_at is not None:
             wanted = {

@@ -18,8 +18,8 @@ from promptlab import assertions
 from promptlab.backends import LoadSettings, Sampling, is_fake
 from promptlab.chat import ChatTemplate
 from promptlab.errors import InputError
-from promptlab.gguf import GGUFInfo, read_gguf
-from promptlab.models import resolve
+from promptlab.gguf import GGUFInfo
+from promptlab.models import gguf_info, resolve
 from promptlab.suite import LoadedSuite, ModelDef, PromptDef, TestDef
 from promptlab.templates import Message, split_roles
 from promptlab.yamlio import read_text
@@ -77,7 +77,7 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
         path = spec.path
     else:
         path = resolve(spec.path, suite.path.parent, m.where)
-        gguf = read_gguf(path)
+        gguf = gguf_info(path)
     chat: ChatTemplate | None = None
     bos = (gguf.token("bos") if gguf else None) or ""
     eos = (gguf.token("eos") if gguf else None) or ""
@@ -179,18 +179,15 @@ def build_plan(
         p.repeat_penalty,
     )
     models = [_plan_model(suite, m, p.seed) for m in suite.models]
-    for m in models:
-        if p.max_tokens >= m.settings.n_ctx:
-            raise InputError(
-                f"{suite.path}: params.max_tokens ({p.max_tokens}) must be smaller than n_ctx ({m.settings.n_ctx}) of model '{m.label}'",
-                hint="lower max_tokens or raise n_ctx",
-            )
     matcher = None
     if filter_pattern:
         try:
             matcher = re.compile(filter_pattern, re.IGNORECASE)
         except re.error as exc:
-            raise InputError(f"--filter: invalid regex {filter_pattern!r}: {exc}") from None
+            raise InputError(
+                f"--filter: invalid regex {filter_pattern!r}: {exc}",
+                hint="fix the pattern (a Python regular expression)",
+            ) from None
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
 

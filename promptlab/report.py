@@ -92,6 +92,10 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
     frame: pd.DataFrame = pd.DataFrame.from_records(records)
+    # Error rows have no token counts; keep the others integers instead of floats in the CSV.
+    for name in ("prompt_tokens", "completion_tokens", "prompt_eval_tokens"):
+        if name in frame:
+            frame[name] = frame[name].astype("Int64")
     return frame
 
 
@@ -270,7 +274,7 @@ def _footer_html(manifest: dict[str, Any]) -> str:
         ),
         (
             "git",
-            f"{git.get('commit', 'n/a')}{' (dirty)' if git.get('dirty') else ''}"
+            f"{git.get('commit') or 'n/a'}{' (dirty)' if git.get('dirty') else ''}"
             if git
             else "not a git repository",
         ),

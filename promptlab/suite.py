@@ -122,7 +122,11 @@ class ModelSpec(Strict):
         description="Layers to offload; -1 = all. Default: all when the build supports GPU offload, else 0",
     )
     n_ctx: int = Field(default=4096, ge=64, le=1 << 20, description="Context window in tokens")
-    n_batch: int = Field(default=512, ge=1, description="Prompt-processing batch size")
+    n_batch: int = Field(
+        default=512,
+        ge=1,
+        description="Prompt-processing batch size (default: 512, or n_ctx if smaller)",
+    )
     n_threads: int | None = Field(
         default=None, ge=1, description="Generation threads (default: usable CPUs)"
     )
@@ -143,6 +147,9 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ModelSpec:
+        if "n_batch" not in self.model_fields_set:
+            # The default follows a small n_ctx down, as llama.cpp itself does.
+            self.n_batch = min(self.n_batch, self.n_ctx)
         if self.n_batch > self.n_ctx:
             raise PydanticCustomError(
                 "batch_ctx",
@@ -181,7 +188,9 @@ class Params(Strict):
     @classmethod
     def _non_empty_stop(cls, value: list[str]) -> list[str]:
         if any(s == "" for s in value):
-            raise PydanticCustomError("empty_stop", "stop strings cannot be empty")
+            raise PydanticCustomError(
+                "empty_stop", "stop strings cannot be empty; remove the empty string"
+            )
         return value
 
 
@@ -222,7 +231,7 @@ class Suite(Strict):
     def _prompts_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [value]
-        if value is None:
+        if value is None or value == []:
             raise PydanticCustomError("empty_prompts", "prompts is empty; add at least one prompt")
         return value
 
@@ -310,7 +319,7 @@ def validation_error(
         field_name = _field_path(loc) or "top level"
         msg = err["msg"]
         if err["type"] == "missing":
-            msg = "missing required key"
+            msg = f"missing required key; add {loc[-1]}:"
         elif "input" in err and err["type"] not in ("model_type", "dict_type", "list_type"):
             msg = f"{msg} (got {json.dumps(err['input'], default=str)[:60]})"
     if doc is not None:
@@ -398,10 +407,7 @@ class _Loader:
             raise InputError(f"{path}: template is empty", hint="write the template text")
         rel = _rel(path, self.root)
         if path.suffix.lower() in (".yaml", ".yml", ".json"):
-            parts = self._chat_file(path, text)
-            variables: set[str] = set()
-            for _, tpl in parts:
-                variables |= self.env.variables(tpl)
+            parts, variables = self._chat_file(path, text)
             return PromptDef(
                 label or path.stem, rel, "messages", parts, sha256_text(text), where, variables
             )
@@ -416,7 +422,9 @@ class _Loader:
             self.env.variables(tpl),
         )
 
-    def _chat_file(self, path: Path, text: str) -> list[tuple[str | None, jinja2.Template]]:
+    def _chat_file(
+        self, path: Path, text: str
+    ) -> tuple[list[tuple[str | None, jinja2.Template]], set[str]]:
         if path.suffix.lower() == ".json":
             try:
                 data = json.loads(text)
@@ -431,6 +439,7 @@ class _Loader:
                 f"{path}: a chat prompt file must hold a non-empty list of {{role, content}} messages"
             )
         parts: list[tuple[str | None, jinja2.Template]] = []
+        variables: set[str] = set()
         for j, msg in enumerate(data):
             line = doc.line_of((j,)) if doc else None
             at = location(path, line, f"[{j}]")
@@ -443,8 +452,11 @@ class _Loader:
                 )
             if not isinstance(msg["content"], str):
                 raise InputError(f"{at}: content must be text")
-            parts.append((role, self.env.from_string(msg["content"], at)))
-        return parts
+            tpl = self.env.from_string(msg["content"], at)
+            parts.append((role, tpl))
+            # Inline templates have no name to reread, so their variables come from the source.
+            variables |= self.env.variables(tpl, msg["content"])
+        return parts, variables
 
     # --- tests ---
 
@@ -745,6 +757,14 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         models = chosen or [
             ModelDef(_override_label(model_override), ModelSpec(path=model_override), "--model")
         ]
+    for m in models:
+        if suite.params.max_tokens >= m.spec.n_ctx:
+            raise InputError(
+                f"{location(path, doc.line_of(('params', 'max_tokens')))}: params.max_tokens "
+                f"({suite.params.max_tokens}) must be smaller than n_ctx ({m.spec.n_ctx}) of "
+                f"model '{m.label}'",
+                hint="lower max_tokens or raise n_ctx",
+            )
     return LoadedSuite(
         path=path,
         root=loader.root,

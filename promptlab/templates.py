@@ -220,10 +220,14 @@ class TemplateEnv:
                 hint="templates may use variables, filters and tests, not Python internals",
             ) from None
         except OutsideProjectError as exc:
-            raise InputError(f"{where}: {template.filename}: {exc.message}") from None
+            line = _template_line(exc, template.filename)
+            at = location(template.filename or "inline template", line)
+            raise InputError(f"{where}: {at}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
+            line = _template_line(exc, template.filename)
+            at = location(template.filename or "inline template", line)
             raise InputError(
-                f"{where}: {template.filename}: included template '{exc.name}' not found",
+                f"{where}: {at}: included template '{exc.name}' not found",
                 hint="include paths are relative to the project root, or ./ ../ for siblings",
             ) from None
         except jinja2.TemplateError as exc:
