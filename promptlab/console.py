@@ -131,8 +131,8 @@ def print_notes(notes: list[str]) -> None:
 
 
 def print_run(result: RunResult) -> None:
-    if result.reports is None:
-        return
+    if result.reports is None or (result.stats.cells == 0 and result.error is not None):
+        return  # nothing ran: the error line says it all
     out.print(summary_table(result.reports))
     s = result.stats
     status = {

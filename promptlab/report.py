@@ -91,7 +91,26 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         for name in PARAM_COLUMNS:
             rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
-    frame: pd.DataFrame = pd.DataFrame.from_records(records)
+    head = ["cell_id", "model", "prompt", "test_index", "test", *(f"var_{v}" for v in var_names)]
+    tail = [
+        "status",
+        "pass",
+        "failed_checks",
+        "checks",
+        "output",
+        "error",
+        "rendered_prompt",
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_per_s",
+        "prompt_eval_tokens",
+        "finish_reason",
+        "prompt_source",
+        *PARAM_COLUMNS,
+    ]
+    # Explicit columns: a run that finished no cell still gets a CSV with its header.
+    frame: pd.DataFrame = pd.DataFrame.from_records(records, columns=head + tail)
     # Error rows have no token counts; keep the others integers instead of floats in the CSV.
     for name in ("prompt_tokens", "completion_tokens", "prompt_eval_tokens"):
         if name in frame:

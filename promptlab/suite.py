@@ -11,6 +11,7 @@ import difflib
 import glob
 import io
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -350,7 +351,8 @@ class _Loader:
         raw = ref.removeprefix("file://")
         target = Path(raw).expanduser()
         if not target.is_absolute():
-            target = self.base / target
+            # normpath so messages say prompts/x.j2, not evals/../prompts/x.j2
+            target = Path(os.path.normpath(self.base / target))
         if any(ch in raw for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(target), recursive=True))  # noqa: PTH207 - absolute patterns
             if not matches:

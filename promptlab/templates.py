@@ -209,38 +209,42 @@ class TemplateEnv:
             return template.render(variables)
         except jinja2.UndefinedError as exc:
             line = _template_line(exc, template.filename)
-            at = location(template.filename or "inline template", line)
+            at = location(_shown(template), line)
             raise InputError(
                 f"{where}: {at}: {exc.message}",
                 hint="define the variable in vars:, defaultTest or the test (or a CSV column)",
             ) from None
         except SecurityError as exc:
             raise InputError(
-                f"{where}: {template.filename or 'inline template'}: refused: {exc}",
+                f"{where}: {_shown(template)}: refused: {exc}",
                 hint="templates may use variables, filters and tests, not Python internals",
             ) from None
         except OutsideProjectError as exc:
             line = _template_line(exc, template.filename)
-            at = location(template.filename or "inline template", line)
+            at = location(_shown(template), line)
             raise InputError(f"{where}: {at}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
             line = _template_line(exc, template.filename)
-            at = location(template.filename or "inline template", line)
+            at = location(_shown(template), line)
             raise InputError(
                 f"{where}: {at}: included template '{exc.name}' not found",
                 hint="include paths are relative to the project root, or ./ ../ for siblings",
             ) from None
         except jinja2.TemplateError as exc:
             line = _template_line(exc, template.filename)
-            raise InputError(
-                f"{where}: {location(template.filename or 'inline template', line)}: {exc}"
-            ) from None
+            raise InputError(f"{where}: {location(_shown(template), line)}: {exc}") from None
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             line = _template_line(exc, template.filename)
             raise InputError(
-                f"{where}: {location(template.filename or 'inline template', line)}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{where}: {location(_shown(template), line)}: {type(exc).__name__}: {exc}"
             ) from None
+
+
+def _shown(template: jinja2.Template) -> str:
+    """How a template is named in messages: its project-relative path, or "inline template"."""
+    if template.filename and template.name and not template.name.startswith("<"):
+        return template.name
+    return "inline template"
 
 
 def split_roles(text: str, where: str) -> tuple[list[Message], bool]:
