@@ -32,6 +32,10 @@ ModelOpt = Annotated[
 FilterOpt = Annotated[
     str | None, typer.Option("--filter", help="Regex on prompt label, test description and vars")
 ]
+AllowCodeOpt = Annotated[
+    bool,
+    typer.Option("--allow-code", help="Run python checks and Python transforms from this project"),
+]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="Only the first N tests (after --filter)")
 ]
@@ -59,11 +63,11 @@ def init(
 
 
 @app.command()
-def validate(suite: SuiteArg, model: ModelOpt = None) -> int:
+def validate(suite: SuiteArg, model: ModelOpt = None, allow_code: AllowCodeOpt = False) -> int:
     """Check a suite without loading a model: schema, files, templates, variables, checks."""
     from promptlab import console, core
 
-    plan = core.prepare(suite, model=model)
+    plan = core.prepare(suite, model=model, allow_code=allow_code)
     console.print_notes(plan.suite.notes)
     console.print_validate(plan, suite)
     return 0
@@ -76,11 +80,14 @@ def render(
     filter_pattern: FilterOpt = None,
     limit: LimitOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print cells as JSON")] = False,
+    allow_code: AllowCodeOpt = False,
 ) -> int:
     """Show the exact prompts (and chat messages) each model would receive."""
     from promptlab import console, core
 
-    plan = core.prepare(suite, model=model, filter_pattern=filter_pattern, limit=limit)
+    plan = core.prepare(
+        suite, model=model, filter_pattern=filter_pattern, limit=limit, allow_code=allow_code
+    )
     console.print_notes(plan.suite.notes)
     console.print_render(plan, as_json)
     return 0
@@ -96,6 +103,7 @@ def run(
     model: ModelOpt = None,
     filter_pattern: FilterOpt = None,
     limit: LimitOpt = None,
+    allow_code: AllowCodeOpt = False,
 ) -> int:
     """Run every prompt × test × model, score the outputs and write reports."""
     from promptlab import console, core
@@ -110,6 +118,7 @@ def run(
             limit=limit,
             progress=progress,
             argv=["promptlab", *_argv],
+            allow_code=allow_code,
         )
     console.print_notes(result.notes)
     console.print_run(result)

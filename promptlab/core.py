@@ -39,10 +39,11 @@ def prepare(
     model: str | None = None,
     filter_pattern: str | None = None,
     limit: int | None = None,
+    allow_code: bool = False,
 ) -> Plan:
     """Load, check and render a suite without loading any model."""
     suite = load_suite(path, model_override=model)
-    return build_plan(suite, filter_pattern=filter_pattern, limit=limit)
+    return build_plan(suite, filter_pattern=filter_pattern, limit=limit, allow_code=allow_code)
 
 
 def git_state(root: Path) -> dict[str, Any] | None:
@@ -82,8 +83,11 @@ def run(
     limit: int | None = None,
     progress: Progress | None = None,
     argv: list[str] | None = None,
+    allow_code: bool = False,
 ) -> RunResult:
-    plan = prepare(path, model=model, filter_pattern=filter_pattern, limit=limit)
+    plan = prepare(
+        path, model=model, filter_pattern=filter_pattern, limit=limit, allow_code=allow_code
+    )
     if not plan.cells:
         raise InputError(
             f"--filter {filter_pattern!r} matched none of the {plan.total_cells} cells",

@@ -10,17 +10,25 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab import assertions
-from promptlab.backends import LoadSettings, Sampling, is_fake
+from promptlab import assertions, transforms
+from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
 from promptlab.chat import ChatTemplate
 from promptlab.errors import InputError
 from promptlab.gguf import GGUFInfo
 from promptlab.models import gguf_info, resolve
-from promptlab.suite import LoadedSuite, ModelDef, PromptDef, TestDef
+from promptlab.suite import (
+    CheckDef,
+    Constraint,
+    LoadedSuite,
+    ModelDef,
+    ModelSpec,
+    PromptDef,
+    TestDef,
+)
 from promptlab.templates import Message, split_roles
 from promptlab.yamlio import read_text
 
@@ -51,6 +59,19 @@ class Cell:
     text: str  # exactly what is tokenized
     add_bos: bool
     checks: list[assertions.Check]
+    threshold: float | None = None  # the test's pass mark on its weighted score
+    transform: transforms.Transform | None = None  # the test's transform, before every check
+    grammar: Grammar | None = None
+    logprobs: int | None = None  # None: not captured; 0: chosen token only; k: top-k too
+    generate: bool = True  # False when every check scores the prompt itself (choice)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A GBNF grammar for constrained generation, and where it came from."""
+
+    gbnf: str
+    source: str  # "response_format json_schema", "grammar file://x.gbnf", ...
 
 
 @dataclass
@@ -60,6 +81,8 @@ class Plan:
     cells: list[Cell]
     sampling: Sampling
     total_cells: int  # before --filter/--limit
+    # Judge and embedding models named by checks' `provider:`, keyed by that string.
+    aux_models: dict[str, PlannedModel] = field(default_factory=dict)
 
 
 def usable_cpus() -> int:
@@ -164,8 +187,93 @@ def _render_messages(
     return split_roles(text, f"{prompt.where} (rendered for {test.name})")
 
 
+def _grammar(constraint: Constraint | None, where: str, base: Path) -> Grammar | None:
+    if constraint is None:
+        return None
+    if constraint.grammar is not None:
+        text = constraint.grammar
+        if text.startswith("file://"):
+            path = base / text.removeprefix("file://")
+            return Grammar(read_text(path, "grammar file"), f"grammar {text}")
+        return Grammar(text, "grammar (inline GBNF)")
+    rf = constraint.response_format
+    if rf is None:
+        return None
+    kind = rf.get("type")
+    if kind == "json_schema":
+        nested = rf.get("json_schema")
+        schema = rf.get("schema", nested.get("schema") if isinstance(nested, dict) else None)
+        if not isinstance(schema, dict):
+            raise InputError(
+                f"{where}: response_format json_schema needs schema: {{...}}",
+                hint="response_format: {type: json_schema, schema: {type: object, ...}}",
+            )
+    elif kind == "json_object":
+        given = rf.get("schema")
+        schema = given if isinstance(given, dict) else {}
+    else:
+        raise InputError(
+            f"{where}: response_format type must be json_schema or json_object, got {kind!r}",
+            hint="or give a GBNF grammar: instead",
+        )
+    return Grammar(json_schema_to_grammar(schema, where), f"response_format {kind}")
+
+
+def _prepare_checks(
+    suite: LoadedSuite, test: TestDef, defs: list[CheckDef], env: assertions.PrepareEnv
+) -> list[assertions.Check]:
+    out = []
+    for c in defs:
+        extra = dict(c.extra)
+        children = _prepare_checks(suite, test, c.children, env)
+        value = _render_value(suite, c.value, test.vars, c.where)
+        options: dict[str, Any] = {
+            key: extra.pop(key)
+            for key in ("provider", "rubricPrompt", "config", "choices", "method")
+            if key in extra
+        }
+        for key in ("provider", "rubricPrompt"):
+            if key not in options and key in test.options:
+                options[key] = test.options[key]
+        if isinstance(options.get("choices"), list) or (
+            isinstance(options.get("choices"), str) and "{{" in options["choices"]
+        ):
+            options["choices"] = _render_value(suite, options["choices"], test.vars, c.where)
+        out.append(
+            assertions.prepare(
+                c.type,
+                value,
+                c.threshold,
+                c.where,
+                weight=extra.get("weight", 1.0),
+                metric=extra.get("metric"),
+                transform=extra.get("transform"),
+                children=children,
+                options=options,
+                env=env,
+            )
+        )
+    return out
+
+
+def _providers(checks: list[assertions.Check]) -> dict[str, str]:
+    """provider string → where it was named, for judge and embedding checks."""
+    out: dict[str, str] = {}
+    for check in checks:
+        for c in check.walk():
+            needs_model = c.base in assertions.JUDGE_TYPES or c.options.get("method") == "embedding"
+            provider = c.options.get("provider")
+            if needs_model and isinstance(provider, str):
+                out.setdefault(provider, c.where)
+    return out
+
+
 def build_plan(
-    suite: LoadedSuite, *, filter_pattern: str | None = None, limit: int | None = None
+    suite: LoadedSuite,
+    *,
+    filter_pattern: str | None = None,
+    limit: int | None = None,
+    allow_code: bool = False,
 ) -> Plan:
     p = suite.params
     sampling = Sampling(
@@ -196,12 +304,37 @@ def build_plan(
     kept_tests: list[int] = []
     rendered: dict[tuple[int, int], tuple[list[Message], bool]] = {}
     checks: dict[int, list[assertions.Check]] = {}
+    test_transforms: dict[int, transforms.Transform | None] = {}
+    aux: dict[str, PlannedModel] = {}
+    code_ok = allow_code or suite.allow_code
     for test in suite.tests:
-        prepared = []
-        for c in test.checks:
-            value = _render_value(suite, c.value, test.vars, c.where)
-            prepared.append(assertions.prepare(c.type, value, c.threshold, c.where))
-        checks[test.index] = prepared
+        env = assertions.PrepareEnv(
+            base=suite.path.parent,
+            root=suite.root,
+            allow_code=code_ok,
+            templates=suite.env,
+            variables=test.vars,
+        )
+        checks[test.index] = _prepare_checks(suite, test, test.checks, env)
+        test_transforms[test.index] = transforms.parse(
+            test.transform,
+            where=test.where,
+            base=suite.path.parent,
+            root=suite.root,
+            allow_code=code_ok,
+        )
+        for provider, where in _providers(checks[test.index]).items():
+            if provider not in aux:
+                aux[provider] = _plan_model(
+                    suite,
+                    ModelDef(_provider_label(provider), ModelSpec(path=provider), where),
+                    p.seed,
+                )
+    grammars = {
+        pi: _grammar(prompt.config, prompt.where, suite.path.parent)
+        or _grammar(p, str(suite.path), suite.path.parent)
+        for pi, prompt in enumerate(suite.prompts)
+    }
     for model in models:
         for test in suite.tests:
             for pi, prompt in enumerate(suite.prompts):
@@ -230,6 +363,9 @@ def build_plan(
                         )
                     text = messages[0].content
                     chat_applied, add_bos = False, True  # llama.cpp adds BOS iff the GGUF says so
+                test_checks = checks[test.index]
+                leaves = [c for check in test_checks for c in check.walk() if not c.children]
+                needs_logprobs = any(c.base in assertions.NEEDS_LOGPROBS for c in leaves)
                 cells.append(
                     Cell(
                         _cell_id(prompt, test, model),
@@ -240,7 +376,19 @@ def build_plan(
                         chat_applied,
                         text,
                         add_bos,
-                        checks[test.index],
+                        test_checks,
+                        threshold=test.threshold,
+                        transform=test_transforms[test.index],
+                        grammar=grammars[pi],
+                        logprobs=p.logprobs
+                        if p.logprobs is not None
+                        else (0 if needs_logprobs else None),
+                        generate=not leaves
+                        or any(c.base not in assertions.NO_OUTPUT for c in leaves),
                     )
                 )
-    return Plan(suite, models, cells, sampling, total)
+    return Plan(suite, models, cells, sampling, total, aux)
+
+
+def _provider_label(spec: str) -> str:
+    return spec if "/" not in spec and not spec.endswith(".gguf") else Path(spec).stem

@@ -49,10 +49,14 @@ def _text(value: Any) -> str:
 
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     var_names: list[str] = []
+    metric_names: list[str] = []
     for row in rows:
         for key in row.get("vars", {}):
             if key not in var_names:
                 var_names.append(key)
+        for key in row.get("named_scores") or {}:
+            if key not in metric_names:
+                metric_names.append(key)
     records = []
     for row in rows:
         rec: dict[str, Any] = {
@@ -68,6 +72,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             {
                 "status": row["status"],
                 "pass": row["pass"],
+                "score": row.get("score"),
                 "failed_checks": " | ".join(
                     f"{c['check']}: {c['reason']}" for c in row.get("checks", []) if not c["pass"]
                 ),
@@ -87,6 +92,9 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "prompt_source": row.get("prompt_source"),
             }
         )
+        for name in metric_names:
+            rec[f"metric_{name}"] = (row.get("named_scores") or {}).get(name)
+        rec["grammar"] = row.get("grammar")
         params = row.get("params", {})
         for name in PARAM_COLUMNS:
             rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
@@ -95,6 +103,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     tail = [
         "status",
         "pass",
+        "score",
         "failed_checks",
         "checks",
         "output",
@@ -107,6 +116,8 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "prompt_eval_tokens",
         "finish_reason",
         "prompt_source",
+        *(f"metric_{m}" for m in metric_names),
+        "grammar",
         *PARAM_COLUMNS,
     ]
     # Explicit columns: a run that finished no cell still gets a CSV with its header.
@@ -127,6 +138,7 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         "failed",
         "errors",
         "pass_rate",
+        "mean_score",
         "mean_latency_ms",
         "mean_tokens_per_s",
         "completion_tokens",
@@ -140,6 +152,7 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         passed=("status", lambda s: int((s == "pass").sum())),
         failed=("status", lambda s: int((s == "fail").sum())),
         errors=("status", lambda s: int((s == "error").sum())),
+        mean_score=("score", "mean"),
         mean_latency_ms=("latency_ms", "mean"),
         mean_tokens_per_s=("tokens_per_s", "mean"),
         completion_tokens=("completion_tokens", "sum"),
@@ -148,8 +161,13 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     out["mean_latency_ms"] = out["mean_latency_ms"].round(1)
     out["mean_tokens_per_s"] = out["mean_tokens_per_s"].round(1)
     out["pass_rate"] = out["pass_rate"].round(4)
+    out["mean_score"] = out["mean_score"].astype(float).round(4)
     out["completion_tokens"] = out["completion_tokens"].fillna(0).astype(int)
-    result: pd.DataFrame = out[columns]
+    # Named metrics (`metric:` on checks) become summary columns: their mean per group.
+    metrics = [c for c in df.columns if c.startswith("metric_")]
+    for name in metrics:
+        out[name] = grouped[name].mean().astype(float).round(4).to_numpy()
+    result: pd.DataFrame = out[[*columns, *metrics]]
     return result
 
 
@@ -211,6 +229,8 @@ def _cell_html(row: dict[str, Any] | None) -> str:
         meta.append(f"{row['latency_ms']:.0f} ms")
     if row.get("completion_tokens") is not None:
         meta.append(f"{row['completion_tokens']} tok")
+    if row.get("score") is not None and row.get("checks"):
+        meta.append(f"score {row['score']:.2f}")
     parts.append(f'<span class="muted">{_e(" · ".join(meta))}</span>')
     if row.get("error"):
         parts.append(f"<pre>{_e(row['error'])}</pre>")
@@ -224,12 +244,7 @@ def _cell_html(row: dict[str, Any] | None) -> str:
     parts.append("<details><summary>prompt &amp; checks</summary>")
     parts.append(f"<pre>{_e(row.get('rendered_prompt'))}</pre>")
     if row.get("checks"):
-        parts.append('<ul class="checks">')
-        parts += [
-            f'<li class="{"" if c["pass"] else "bad"}">{"✓" if c["pass"] else "✗"} {_e(c["check"])}: {_e(c["reason"])}</li>'
-            for c in row["checks"]
-        ]
-        parts.append("</ul>")
+        parts.append(_checks_html(row["checks"]))
     parts.append(
         f'<div class="muted">finish: {_e(row.get("finish_reason"))} · prompt tokens: {_e(row.get("prompt_tokens"))}</div>'
     )
@@ -237,21 +252,51 @@ def _cell_html(row: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def _checks_html(checks: list[dict[str, Any]]) -> str:
+    """Every check with its score, details (choice probabilities, the judge's reasoning) and
+    the children of an assert-set, nested."""
+    items = []
+    for c in checks:
+        mark = "✓" if c["pass"] else "✗"
+        label = c.get("check", c["type"])
+        score = f" [{c['score']:.2f}]" if "score" in c else ""
+        extra = ""
+        details = c.get("details")
+        if details:
+            extra = f"<pre>{_e(json.dumps(details, ensure_ascii=False, indent=1))}</pre>"
+        if c.get("children"):
+            extra += _checks_html(c["children"])
+        items.append(
+            f'<li class="{"" if c["pass"] else "bad"}">{mark} {_e(label)}{_e(score)}: {_e(c["reason"])}{extra}</li>'
+        )
+    return '<ul class="checks">' + "".join(items) + "</ul>"
+
+
 def _summary_html(summary: pd.DataFrame) -> str:
+    metrics = [str(c) for c in summary.columns if str(c).startswith("metric_")]
     out = [
-        "<table><tr><th>model</th><th>prompt</th><th>pass rate</th><th>passed</th><th>failed</th>"
-        "<th>errors</th><th>mean latency</th><th>tokens/s</th></tr>"
+        "<table><tr><th>model</th><th>prompt</th><th>pass rate</th><th>mean score</th>"
+        "<th>passed</th><th>failed</th><th>errors</th><th>mean latency</th><th>tokens/s</th>"
+        + "".join(f"<th>{_e(m.removeprefix('metric_'))}</th>" for m in metrics)
+        + "</tr>"
     ]
     for rec in summary.to_dict(orient="records"):
         rate = float(rec["pass_rate"])
         lat = rec["mean_latency_ms"]
         tps = rec["mean_tokens_per_s"]
+        score = rec.get("mean_score")
         out.append(
             f"<tr><td>{_e(rec['model'])}</td><td>{_e(rec['prompt'])}</td>"
             f'<td class="num"><span class="bar" style="width:{rate * 80:.0f}px"></span>{rate:.0%}</td>'
+            f'<td class="num">{"" if score is None or pd.isna(score) else f"{score:.3f}"}</td>'
             f'<td class="num">{rec["passed"]}</td><td class="num">{rec["failed"]}</td><td class="num">{rec["errors"]}</td>'
             f'<td class="num">{"" if pd.isna(lat) else f"{lat:.0f} ms"}</td>'
-            f'<td class="num">{"" if pd.isna(tps) else f"{tps:.1f}"}</td></tr>'
+            f'<td class="num">{"" if pd.isna(tps) else f"{tps:.1f}"}</td>'
+            + "".join(
+                f'<td class="num">{"" if pd.isna(rec[m]) else f"{rec[m]:.3f}"}</td>'
+                for m in metrics
+            )
+            + "</tr>"
         )
     out.append("</table>")
     return "".join(out)

@@ -6,19 +6,23 @@ Everything is checked here, before any model loads; each error names file, line 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import difflib
 import glob
 import io
+import itertools
 import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jinja2
+import jinja2.meta
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -32,13 +36,16 @@ from pydantic_core import PydanticCustomError
 
 from promptlab import assertions
 from promptlab.errors import InputError, location
-from promptlab.models import DEFAULT_MODEL
+from promptlab.models import BUNDLED, DEFAULT_MODEL
 from promptlab.templates import TemplateEnv, find_project_root, sha256_text
 from promptlab.yamlio import YamlDoc, load_yaml, read_text
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # promptfoo keys that would change results here: refused with the reason and the alternative
+    # (rather than "unknown key", which would suggest a typo).
+    promptfoo_refused: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -48,6 +55,12 @@ class Strict(BaseModel):
         if isinstance(data, dict):
             allowed = sorted({f.alias or name for name, f in cls.model_fields.items()})
             for key in data:
+                if key in cls.promptfoo_refused:
+                    raise PydanticCustomError(
+                        "promptfoo_refused",
+                        "promptfoo's '{key}' is not supported: {why}",
+                        {"key": str(key), "why": cls.promptfoo_refused[key]},
+                    )
                 if key not in allowed:
                     close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
                     hint = (
@@ -63,29 +76,162 @@ class Strict(BaseModel):
         return data
 
 
+TransformSpec = str | list[str | dict[str, str]]
+
+
+# What promptfoo's grader `provider:` may be: an id, or `{id, config}`; remote ids are ignored.
+ProviderSpec = str | dict[str, Any]
+
+
 class AssertSpec(Strict):
-    """One check on the output, as in promptfoo: `{type, value}` (latency takes `threshold`)."""
+    """One check on the output, in promptfoo's shape: `{type, value, threshold, weight, metric}`."""
+
+    promptfoo_refused: ClassVar[dict[str, str]] = {
+        "contextTransform": "it feeds context-* checks, which promptlab does not run; "
+        "compute the context in a python check instead",
+    }
 
     type: str = Field(
-        description="Check type, e.g. icontains, regex, is-json, latency, not-contains"
+        description="Check type, e.g. icontains, regex, json-schema, choice, llm-rubric, similar, python"
     )
     value: Any = Field(
         default=None, description="Expected value; Jinja is rendered with the test's vars"
     )
     threshold: float | None = Field(
-        default=None, description="For latency: the limit in milliseconds"
+        default=None,
+        description="Pass mark: a score in [0, 1] for scored checks; ms for latency; tokens for max-tokens; "
+        "the largest edit distance for levenshtein; the largest perplexity for perplexity",
+    )
+    weight: float = Field(
+        default=1.0, ge=0, description="Weight in the test's score; 0 reports without gating"
+    )
+    metric: str | None = Field(
+        default=None, description="Named metric this check's score counts toward"
+    )
+    transform: TransformSpec | None = Field(
+        default=None,
+        description="Applied to the output before this check: strip, lower, regex:…, file://x.py:fn",
+    )
+    provider: ProviderSpec | None = Field(
+        default=None,
+        description="Judge or embedding model for llm-rubric / similar: a .gguf path or bundled alias "
+        "(a remote promptfoo provider such as openai:… is ignored with a note)",
+    )
+    rubricPrompt: str | list[dict[str, str]] | None = Field(
+        default=None,
+        description="Judge prompt: Jinja text, file://x.j2 or a message list (vars: rubric, output)",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="Passed to python checks as context['config'] (an assert-set passes its own down)",
+    )
+    choices: list[Any] | str | None = Field(
+        default=None, description="For choice: the options, or the name of a variable holding them"
+    )
+    method: str | None = Field(
+        default=None,
+        description="For choice: acc or acc_norm; for similar: embedding, levenshtein, rouge-l, rouge-n, bleu",
+    )
+    assert_: list[AssertSpec] | None = Field(
+        default=None, alias="assert", description="For assert-set: the grouped checks"
     )
 
 
+_NOTE_ONLY = "promptfoo: no effect here, ignored with a note"
+
+
+class TestOptions(Strict):
+    """promptfoo's test `options`: defaults for the checks of a test."""
+
+    promptfoo_refused: ClassVar[dict[str, str]] = {
+        "prefix": "it changes the prompt; put the text in the prompt template (or in a variable)",
+        "suffix": "it changes the prompt; put the text in the prompt template (or in a variable)",
+        "transformVars": "it runs JavaScript on the vars; compute them in the test file instead",
+        "storeOutputAs": "tests run independently here; write the earlier turn into the prompt",
+    }
+
+    transform: TransformSpec | None = None
+    postprocess: TransformSpec | None = Field(
+        default=None, description="promptfoo's old name for transform"
+    )
+    provider: ProviderSpec | None = None
+    rubricPrompt: str | list[dict[str, str]] | None = None
+    disableVarExpansion: bool | None = Field(
+        default=None, description="Keep list-valued vars as one value instead of one test each"
+    )
+    disableDefaultAsserts: bool | None = Field(
+        default=None, description="Skip defaultTest's checks for this test"
+    )
+    runSerially: bool | None = Field(default=None, description=_NOTE_ONLY)
+    disableConversationVar: bool | None = Field(default=None, description=_NOTE_ONLY)
+    factuality: dict[str, Any] | None = Field(default=None, description=_NOTE_ONLY)
+
+
+_TEST_REFUSED = {
+    "prompts": "every test runs against every prompt here; split the prompts into separate suites",
+    "providerOutput": "promptlab always runs the local model; put a fixed reply in a "
+    "fake://reply?text=… model if you only want to test the checks",
+    "assertScoringFunction": "it runs custom scoring code; use weights, metric and threshold",
+    "path": "a test generator runs code to make tests; write the tests to a .csv, .jsonl, .yaml "
+    "or .json file",
+}
+
+
 class TestSpec(Strict):
+    promptfoo_refused: ClassVar[dict[str, str]] = _TEST_REFUSED
+
     description: str | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Pass when the weighted score reaches this"
+    )
+    transform: TransformSpec | None = Field(
+        default=None, description="Applied to the output before every check"
+    )
+    options: TestOptions | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form, kept in the results"
+    )
+    provider: Any = Field(
+        default=None, description="promptfoo: the test's own model; ignored with a note"
+    )
+    providers: Any = Field(
+        default=None, description="promptfoo: which providers run the test; ignored with a note"
+    )
 
 
 class DefaultTestSpec(Strict):
+    promptfoo_refused: ClassVar[dict[str, str]] = _TEST_REFUSED
+
     vars: dict[str, Any] = Field(default_factory=dict)
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    transform: TransformSpec | None = None
+    options: TestOptions | None = None
+    metadata: dict[str, Any] | None = None
+    provider: Any = Field(default=None, description=_NOTE_ONLY)
+    providers: Any = Field(default=None, description=_NOTE_ONLY)
+
+
+class Constraint(Strict):
+    """Constrained generation, passed to llama.cpp's grammar sampler."""
+
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description="{type: json_schema, schema: {...}} (or OpenAI's json_schema: {schema: ...}), or {type: json_object}",
+    )
+    grammar: str | None = Field(
+        default=None, description="GBNF grammar text, or file://grammar.gbnf"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Constraint:
+        if self.response_format is not None and self.grammar is not None:
+            raise PydanticCustomError(
+                "two_constraints", "give response_format or grammar, not both"
+            )
+        return self
 
 
 class PromptSpec(Strict):
@@ -94,6 +240,10 @@ class PromptSpec(Strict):
     )
     raw: str | None = Field(default=None, description="Inline Jinja template text")
     label: str | None = Field(default=None, description="Name shown in reports")
+    display: str | None = Field(default=None, description="promptfoo's old name for label")
+    config: Constraint | None = Field(
+        default=None, description="Per-prompt constrained generation: response_format or grammar"
+    )
 
     @model_validator(mode="after")
     def _has_source(self) -> PromptSpec:
@@ -106,6 +256,20 @@ class PromptSpec(Strict):
 
 def _str_to_prompt(value: Any) -> Any:
     return {"id": value} if isinstance(value, str) else value
+
+
+# Top-level promptfoo keys that don't apply to a local run: accepted, and named in one note.
+_IGNORED_TOP = {
+    "tags": "labels for promptfoo's web viewer",
+    "env": "environment for remote providers' API keys",
+    "outputPath": "promptlab writes its run folder (-o DIR)",
+    "sharing": "nothing leaves this machine",
+    "evaluateOptions": "concurrency, delay, cache and timeouts of remote calls",
+    "derivedMetrics": "computed from named scores after the run; promptlab reports each metric",
+    "metadata": "free-form",
+    "writeLatestResults": "promptlab always writes its run folder",
+    "tracing": "OpenTelemetry tracing of remote calls",
+}
 
 
 class ModelSpec(Strict):
@@ -164,7 +328,7 @@ def _str_to_model(value: Any) -> Any:
     return {"path": value} if isinstance(value, str) else value
 
 
-class Params(Strict):
+class Params(Constraint):
     """Generation settings. Every one is passed to llama.cpp explicitly."""
 
     temperature: float = Field(
@@ -179,6 +343,12 @@ class Params(Strict):
         default=0, ge=0, lt=2**32 - 1, description="Sampling seed, passed on every call"
     )
     repeat_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="1.0 = off")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Store each generated token's logprob and this many top alternatives (0 = chosen only)",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -198,6 +368,15 @@ class Params(Strict):
 class Suite(Strict):
     """An eval suite file (evals/*.yaml)."""
 
+    promptfoo_refused: ClassVar[dict[str, str]] = {
+        "scenarios": "write the combinations as tests (list-valued vars expand into one test each)",
+        "extensions": "hooks run JavaScript or Python around the eval; promptlab runs no hooks",
+        "nunjucksFilters": "custom filters are JavaScript; templates are Jinja here, so use a "
+        "Jinja built-in filter (load and dump are provided)",
+        "commandLineOptions": "pass promptlab's own flags (--model, --filter, --limit, -o)",
+        "redteam": "red-team generation needs promptfoo's remote services",
+    }
+
     description: str | None = None
     prompts: Annotated[
         list[
@@ -209,6 +388,9 @@ class Suite(Strict):
     ]
     providers: Any = Field(
         default=None, description="promptfoo's providers; ignored: promptlab runs the local models"
+    )
+    targets: Any = Field(
+        default=None, description="promptfoo's other name for providers; ignored the same way"
     )
     vars: dict[str, Any] = Field(default_factory=dict, description="Defaults for every test")
     defaultTest: DefaultTestSpec | None = None
@@ -226,12 +408,33 @@ class Suite(Strict):
         | None
     ) = Field(default=None, description="Local models; default: the bundled smollm2")
     params: Params = Field(default_factory=Params)
+    allow_code: bool = Field(
+        default=False,
+        description="Allow python checks and Python transforms from this project (or --allow-code)",
+    )
+    assertionTemplates: dict[str, Any] | None = Field(
+        default=None, description="Reusable checks, used as $ref: '#/assertionTemplates/name'"
+    )
+    tags: Any = Field(default=None, description=_NOTE_ONLY)
+    env: Any = Field(default=None, description=_NOTE_ONLY)
+    outputPath: Any = Field(default=None, description=_NOTE_ONLY)
+    sharing: Any = Field(default=None, description=_NOTE_ONLY)
+    evaluateOptions: dict[str, Any] | None = Field(
+        default=None, description=_NOTE_ONLY + " (repeat > 1 is refused)"
+    )
+    derivedMetrics: Any = Field(default=None, description=_NOTE_ONLY)
+    metadata: Any = Field(default=None, description=_NOTE_ONLY)
+    writeLatestResults: Any = Field(default=None, description=_NOTE_ONLY)
+    tracing: Any = Field(default=None, description=_NOTE_ONLY)
 
     @field_validator("prompts", mode="before")
     @classmethod
     def _prompts_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [value]
+        if isinstance(value, dict) and value:
+            # promptfoo's map form: {path: label}
+            return [{"id": k, "label": v} for k, v in value.items()]
         if value is None or value == []:
             raise PydanticCustomError("empty_prompts", "prompts is empty; add at least one prompt")
         return value
@@ -249,6 +452,7 @@ class PromptDef:
     sha256: str
     where: str
     variables: set[str] = field(default_factory=set)
+    config: Constraint | None = None
 
 
 @dataclass
@@ -257,6 +461,8 @@ class CheckDef:
     value: Any
     threshold: float | None
     where: str
+    extra: dict[str, Any] = field(default_factory=dict)  # weight, metric, transform, provider, …
+    children: list[CheckDef] = field(default_factory=list)  # assert-set
 
 
 @dataclass
@@ -267,6 +473,12 @@ class TestDef:
     checks: list[CheckDef]
     where: str
     csv_columns: set[str] | None = None  # set when the test came from a CSV row
+    threshold: float | None = None
+    transform: Any = None
+    options: dict[str, Any] = field(default_factory=dict)  # provider, rubricPrompt defaults
+    metadata: dict[str, Any] | None = None
+    expand_vars: bool | None = None  # promptfoo's options.disableVarExpansion, inverted
+    default_asserts: bool | None = None  # promptfoo's options.disableDefaultAsserts, inverted
 
     @property
     def name(self) -> str:
@@ -293,6 +505,7 @@ class LoadedSuite:
     env: TemplateEnv
     notes: list[str]
     files: dict[str, str]  # project-relative path -> sha256 of every file the suite read
+    allow_code: bool = False
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
@@ -311,7 +524,7 @@ def validation_error(
 ) -> InputError:
     err = exc.errors(include_url=False)[0]
     loc = (*prefix, *err["loc"])
-    if err["type"] == "unknown_key":
+    if err["type"] in ("unknown_key", "promptfoo_refused"):
         key = err.get("ctx", {}).get("key", "")
         loc = (*loc, key)
         msg = err["msg"]
@@ -335,6 +548,36 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+class _FromFile(list):  # type: ignore[type-arg]
+    """A list read from a `file://` var: one value, never expanded into several tests (as in
+    promptfoo, which loads var files after expanding)."""
+
+
+@dataclass(frozen=True)
+class _Alternatives:
+    """A `file://` glob var matching several files: one test per file, as promptfoo does."""
+
+    options: tuple[tuple[str, Any], ...]  # (project-relative path, file value)
+
+
+# promptfoo type names that are other names for a type promptlab knows.
+_TYPE_ALIASES = {"similar:cosine": "similar", "model-graded-factuality": "factuality"}
+_PROMPT_FILE_SUFFIXES = (".txt", ".md", ".j2", ".jinja", ".jinja2", ".json", ".yaml", ".yml")
+_CODE_REF = re.compile(r"\.(py|js|cjs|mjs|ts)(:[\w.]+)?$")
+# Checks that read their own file:// value (a schema file, a Python file).
+_OWN_FILE_VALUE = frozenset({"python", "is-json", "contains-json", "json-schema"})
+# promptfoo CSV columns that would change the prompt or skip the model.
+_CSV_REFUSED = {
+    "__prefix": "it changes the prompt; put the text in the prompt template",
+    "__suffix": "it changes the prompt; put the text in the prompt template",
+    "__providerOutput": "promptlab always runs the local model",
+    "__provider_output": "promptlab always runs the local model",
+}
+_CSV_SPECIAL = re.compile(
+    r"__expected\d*|__description|__metric|__threshold|__metadata:.+|__config:__expected\d*:threshold"
+)
+
+
 class _Loader:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -343,9 +586,24 @@ class _Loader:
         self.env = TemplateEnv(self.root)
         self.files: dict[str, str] = {}
         self.notes: list[str] = []
+        # (what, why) -> where: a promptfoo key ignored in many tests makes one note.
+        self.ignored: dict[tuple[str, str], list[str]] = {}
+        # promptfoo's Nunjucks environment has these two filters built in.
+        self.env.env.filters.setdefault("load", json.loads)
+        self.env.env.filters.setdefault("dump", _dump)
 
     def where(self, line: int | None, field_name: str | None = None) -> str:
         return location(self.path, line, field_name)
+
+    def ignore(self, where: str, what: str, why: str) -> None:
+        self.ignored.setdefault((what, why), []).append(where)
+
+    def ignored_notes(self) -> list[str]:
+        out = []
+        for (what, why), places in self.ignored.items():
+            more = f" (and {len(places) - 1} more)" if len(places) > 1 else ""
+            out.append(f"{places[0]}: {what} is ignored{more}; {why}")
+        return out
 
     def file_ref(self, ref: str, where: str) -> list[Path]:
         raw = ref.removeprefix("file://")
@@ -376,31 +634,109 @@ class _Loader:
     def record(self, path: Path, text: str) -> None:
         self.files[_rel(path, self.root)] = sha256_text(text)
 
+    def read_value(self, path: Path, what: str) -> Any:
+        """A file's value: .json/.yaml parsed, anything else as text."""
+        text = read_text(path, what)
+        self.record(path, text)
+        if path.suffix.lower() == ".json":
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{location(path, exc.lineno)}: invalid JSON: {exc.msg}") from None
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return load_yaml(path, text).data
+        return text
+
+    def provider(self, value: Any, where: str) -> str | None:
+        """A grader's provider: a local model is kept; promptfoo's remote providers are ignored
+        (the grader is then the local model under test)."""
+        if value is None:
+            return None
+        ident = value.get("id") if isinstance(value, dict) else value
+        why = "graders run on the local model under test (a .gguf path or alias picks another)"
+        if not isinstance(ident, str) or not ident.strip():
+            self.ignore(where, f"provider {json.dumps(value, default=str)[:60]}", why)
+            return None
+        if not (
+            ident in BUNDLED
+            or ident.endswith(".gguf")
+            or ident.startswith("fake://")
+            or (self.base / ident).is_file()
+        ):
+            self.ignore(where, f"provider {ident}", why)
+            return None
+        if isinstance(value, dict) and set(value) - {"id", "label"}:
+            keys = ", ".join(sorted(set(value) - {"id", "label"}))
+            self.ignore(where, f"provider {ident}'s {keys}", "local graders use fixed settings")
+        return ident
+
     # --- prompts ---
 
-    def prompt(self, i: int, spec: PromptSpec, doc: YamlDoc) -> PromptDef:
+    def prompt(self, i: int, spec: PromptSpec, doc: YamlDoc) -> list[PromptDef]:
+        prompts = self._prompt(i, spec, doc)
+        for prompt in prompts:
+            prompt.config = spec.config
+        return prompts
+
+    def _prompt(self, i: int, spec: PromptSpec, doc: YamlDoc) -> list[PromptDef]:
         where = self.where(doc.line_of(("prompts", i)), f"prompts[{i}]")
         source = spec.raw if spec.raw is not None else spec.id
         assert source is not None
-        if spec.raw is None and source.startswith("file://"):
-            (path,) = self.file_ref(source, where)[:1]
-            return self._prompt_file(path, spec.label, where)
+        label = spec.label or spec.display
+        ref = self._prompt_ref(source, where) if spec.raw is None else None
+        if ref is not None:
+            paths = self.file_ref(ref, where)
+            out: list[PromptDef] = []
+            for path in paths:
+                # a glob gives one prompt per file, each named by its file
+                name = label if len(paths) == 1 or label is None else f"{label}:{path.stem}"
+                out += self._prompt_file(path, name, where)
+            return out
         if not source.strip():
             raise InputError(f"{where}: prompt is empty", hint="write the template text")
-        label = spec.label or (spec.id if spec.raw is not None and spec.id else None)
+        label = label or (spec.id if spec.raw is not None and spec.id else None)
         tpl = self.env.from_string(source, where)
         kind: Literal["text"] = "text"
-        return PromptDef(
-            label=label or _inline_label(source),
-            source="inline",
-            kind=kind,
-            parts=[(None, tpl)],
-            sha256=sha256_text(source),
-            where=where,
-            variables=self.env.variables(tpl, source),
-        )
+        return [
+            PromptDef(
+                label=label or _inline_label(source),
+                source="inline",
+                kind=kind,
+                parts=[(None, tpl)],
+                sha256=sha256_text(source),
+                where=where,
+                variables=self.env.variables(tpl, source),
+            )
+        ]
 
-    def _prompt_file(self, path: Path, label: str | None, where: str) -> PromptDef:
+    def _prompt_ref(self, source: str, where: str) -> str | None:
+        """The file a prompt entry names, or None for inline text. A bare path with a prompt
+        file's suffix (promptfoo's older form, `prompts: [prompts.txt]`) counts as a file."""
+        if source.startswith("file://"):
+            ref = source
+        elif (
+            source.strip() == source
+            and not any(ch.isspace() or ch in "{}" for ch in source)
+            and Path(source.split(":")[0]).suffix.lower() in (*_PROMPT_FILE_SUFFIXES, ".py", ".js")
+        ):
+            ref = "file://" + source
+        else:
+            return None
+        raw = ref.removeprefix("file://")
+        if _CODE_REF.search(raw):
+            raise InputError(
+                f"{where}: {raw} is a prompt function; promptlab's prompts are templates, not code",
+                hint="write it as a .j2/.txt template or a .yaml/.json message list",
+            )
+        if Path(raw).suffix.lower() in (".csv", ".jsonl"):
+            raise InputError(
+                f"{where}: {raw}: prompt files with one prompt per row are not read",
+                hint="list each prompt under prompts:, or put them in a .txt file separated "
+                "by --- lines",
+            )
+        return ref
+
+    def _prompt_file(self, path: Path, label: str | None, where: str) -> list[PromptDef]:
         if path.is_dir():
             raise InputError(f"{where}: {path} is a directory, expected a template file")
         text = read_text(path, "template")
@@ -410,19 +746,45 @@ class _Loader:
         rel = _rel(path, self.root)
         if path.suffix.lower() in (".yaml", ".yml", ".json"):
             parts, variables = self._chat_file(path, text)
-            return PromptDef(
-                label or path.stem, rel, "messages", parts, sha256_text(text), where, variables
-            )
+            return [
+                PromptDef(
+                    label or path.stem, rel, "messages", parts, sha256_text(text), where, variables
+                )
+            ]
+        chunks = _split_prompts(text) if path.suffix.lower() == ".txt" else None
+        if chunks == []:
+            raise InputError(f"{path}: the file holds only --- lines", hint="write the prompts")
+        if chunks is not None:
+            # promptfoo's .txt format: several prompts separated by lines of ---
+            out = []
+            for k, chunk in enumerate(chunks, 1):
+                name = label or path.stem
+                at = f"{where} ({rel}, prompt {k} of {len(chunks)})"
+                tpl = self.env.from_string(chunk, at)
+                out.append(
+                    PromptDef(
+                        f"{name}:{k}" if len(chunks) > 1 else name,
+                        rel,
+                        "text",
+                        [(None, tpl)],
+                        sha256_text(chunk),
+                        at,
+                        self.env.variables(tpl, chunk),
+                    )
+                )
+            return out
         tpl = self.env.load_file(path, where)
-        return PromptDef(
-            label or path.stem,
-            rel,
-            "text",
-            [(None, tpl)],
-            sha256_text(text),
-            where,
-            self.env.variables(tpl),
-        )
+        return [
+            PromptDef(
+                label or path.stem,
+                rel,
+                "text",
+                [(None, tpl)],
+                sha256_text(text),
+                where,
+                self.env.variables(tpl),
+            )
+        ]
 
     def _chat_file(
         self, path: Path, text: str
@@ -436,15 +798,29 @@ class _Loader:
         else:
             doc = load_yaml(path, text)
             data = doc.data
-        if not isinstance(data, list) or not data:
+        entries: list[tuple[Any, tuple[int | str, ...]]] = []
+        if isinstance(data, dict) and "messages" in data:
+            # Anthropic's shape, as promptfoo passes it on: {system?, messages: [...]}
+            extra = sorted(set(data) - {"messages", "system"})
+            if extra:
+                raise InputError(
+                    f"{path}: a chat prompt mapping holds messages: (and system:), not {extra}"
+                )
+            if "system" in data:
+                entries.append(({"role": "system", "content": data["system"]}, ("system",)))
+            if isinstance(data["messages"], list):
+                entries += [(m, ("messages", j)) for j, m in enumerate(data["messages"])]
+        elif isinstance(data, list):
+            entries = [(m, (j,)) for j, m in enumerate(data)]
+        if not entries:
             raise InputError(
                 f"{path}: a chat prompt file must hold a non-empty list of {{role, content}} messages"
             )
         parts: list[tuple[str | None, jinja2.Template]] = []
         variables: set[str] = set()
-        for j, msg in enumerate(data):
-            line = doc.line_of((j,)) if doc else None
-            at = location(path, line, f"[{j}]")
+        for msg, loc in entries:
+            line = doc.line_of(loc) if doc else None
+            at = location(path, line, _field_path(loc))
             if not isinstance(msg, dict) or set(msg) - {"role", "content"} or "content" not in msg:
                 raise InputError(f"{at}: each message needs exactly `role` and `content`")
             role = msg.get("role", "user")
@@ -452,24 +828,49 @@ class _Loader:
                 raise InputError(
                     f"{at}: unknown role {role!r}", hint="use system, user or assistant"
                 )
-            if not isinstance(msg["content"], str):
-                raise InputError(f"{at}: content must be text")
-            tpl = self.env.from_string(msg["content"], at)
+            content = msg["content"]
+            if isinstance(content, list):
+                content = self._content_parts(content, at)
+            if not isinstance(content, str):
+                raise InputError(f"{at}: content must be text (or a list of text parts)")
+            tpl = self.env.from_string(content, at)
             parts.append((role, tpl))
             # Inline templates have no name to reread, so their variables come from the source.
-            variables |= self.env.variables(tpl, msg["content"])
+            variables |= self.env.variables(tpl, content)
         return parts, variables
+
+    def _content_parts(self, parts: list[Any], at: str) -> str:
+        """OpenAI/Anthropic content parts → one template: the text parts joined in order."""
+        texts = []
+        for k, part in enumerate(parts):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise InputError(
+                    f"{at}: content[{k}] is a {kind!r} part, and local text models take text only",
+                    hint="remove it, or describe it in a {type: text, text: ...} part",
+                )
+            extra = sorted(set(part) - {"type", "text", "cache_control"})
+            if extra:
+                raise InputError(f"{at}: content[{k}]: unknown keys {extra} in a text part")
+            if "cache_control" in part:
+                self.ignore(at, "cache_control", "prompt caching is a remote API's feature")
+            texts.append(part["text"])
+        return "".join(texts)
 
     # --- tests ---
 
     def tests(self, suite: Suite, doc: YamlDoc) -> list[TestDef]:
         base_vars = {**self.vars(suite.vars, "vars", doc)}
         default_checks: list[CheckDef] = []
-        if suite.defaultTest is not None:
-            base_vars.update(self.vars(suite.defaultTest.vars, "defaultTest.vars", doc))
-            for j, a in enumerate(suite.defaultTest.assert_):
+        default = suite.defaultTest
+        default_where = self.where(doc.line_of(("defaultTest",)), "defaultTest")
+        default_options: dict[str, Any] = {}
+        if default is not None:
+            base_vars.update(self.vars(default.vars, "defaultTest.vars", doc))
+            for j, a in enumerate(default.assert_):
                 line = doc.line_of(("defaultTest", "assert", j))
                 default_checks.append(self.check(a, self.where(line, f"defaultTest.assert[{j}]")))
+            default_options = self.options(default, default_where)
         entries: list[tuple[Any, tuple[int | str, ...]]]
         if isinstance(suite.tests, str):
             entries = [(suite.tests, ("tests",))]
@@ -483,7 +884,8 @@ class _Loader:
                 if not entry.startswith("file://"):
                     raise InputError(
                         f"{where}: a test entry that is text must be file://path",
-                        hint="or write a mapping with vars: and assert:",
+                        hint="or write a mapping with vars: and assert: (promptlab reads local "
+                        ".csv, .jsonl, .yaml and .json files)",
                     )
                 for path in self.file_ref(entry, where):
                     raw += self.tests_file(path)
@@ -502,12 +904,15 @@ class _Loader:
                     for j, a in enumerate(spec.assert_)
                 ]
                 raw.append(
-                    TestDef(
-                        0,
-                        spec.description,
-                        self.vars(spec.vars, _field_path(loc) + ".vars", doc, loc),
-                        checks,
-                        where,
+                    self.finish(
+                        TestDef(
+                            0,
+                            spec.description,
+                            self.vars(spec.vars, _field_path(loc) + ".vars", doc, loc),
+                            checks,
+                            where,
+                        ),
+                        spec,
                     )
                 )
             else:
@@ -515,11 +920,62 @@ class _Loader:
         if not raw and not isinstance(suite.tests, str) and not suite.tests:
             # promptfoo runs each prompt once when there are no tests.
             raw.append(TestDef(0, None, {}, [], self.where(doc.line_of(()), None)))
-        for i, t in enumerate(raw):
-            t.index = i
+        defaults = TestDef(0, None, {}, [], default_where)
+        if default is not None:
+            _flags(defaults, default)
+        out: list[TestDef] = []
+        for t in raw:
             t.vars = {**base_vars, **t.vars}
-            t.checks = default_checks + t.checks
-        return raw
+            default_asserts = _first(t.default_asserts, defaults.default_asserts, True)
+            t.checks = (default_checks if default_asserts else []) + t.checks
+            t.options = {**default_options, **t.options}
+            t.expand_vars = _first(t.expand_vars, defaults.expand_vars, True)
+            if default is not None:
+                t.threshold = t.threshold if t.threshold is not None else default.threshold
+                t.transform = t.transform if t.transform is not None else _transform(default)
+                if default.metadata:
+                    t.metadata = {**default.metadata, **(t.metadata or {})}
+            out += self.expand(t)
+        for i, t in enumerate(out):
+            t.index = i
+        return out
+
+    def expand(self, test: TestDef) -> list[TestDef]:
+        """promptfoo's rule: a var holding a list of strings makes one test per value, and
+        several such vars make one test per combination. A var that a choice check names as its
+        `choices:` is not expanded (it is the list of options), nor is any var of a test with
+        options.disableVarExpansion."""
+        keep = _choice_vars(test.checks, self.env.env)
+        axes: list[tuple[str, list[tuple[str, Any]]]] = []
+        variables = dict(test.vars)
+        for key, value in test.vars.items():
+            if isinstance(value, _Alternatives):
+                if test.expand_vars:
+                    axes.append((key, list(value.options)))
+                else:
+                    variables[key] = [v for _, v in value.options]
+            elif (
+                test.expand_vars
+                and key not in keep
+                and type(value) is list
+                and value
+                and isinstance(value[0], str)
+            ):
+                axes.append((key, [(_value_label(v), v) for v in value]))
+        if not axes:
+            test.vars = variables
+            return [test]
+        out = []
+        for combo in itertools.product(*(options for _, options in axes)):
+            chosen = dict(variables)
+            labels = []
+            for (key, _), (label, value) in zip(axes, combo, strict=True):
+                chosen[key] = value
+                labels.append(f"{key}={label}")
+            suffix = ", ".join(labels)
+            description = f"{test.description} ({suffix})" if test.description else suffix
+            out.append(replace(test, vars=chosen, description=description))
+        return out
 
     def vars(
         self, values: dict[str, Any], field_name: str, doc: YamlDoc, loc: tuple[int | str, ...] = ()
@@ -540,26 +996,92 @@ class _Loader:
                 where = self.where(
                     doc.line_of((*loc, "vars", key)) if loc else None, f"{field_name}.{key}"
                 )
-                (path,) = self.file_ref(value, where)[:1]
-                text = read_text(path, "variable file")
-                self.record(path, text)
-                if path.suffix.lower() == ".json":
-                    try:
-                        value = json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(
-                            f"{location(path, exc.lineno)}: invalid JSON: {exc.msg}"
-                        ) from None
-                elif path.suffix.lower() in (".yaml", ".yml"):
-                    value = load_yaml(path, text).data
-                else:
-                    value = text
+                if _CODE_REF.search(value):
+                    raise InputError(
+                        f"{where}: {value} would run code to make the value; promptlab reads "
+                        "var files as text (.json/.yaml parsed)",
+                        hint="write the value to a file, or compute it in the test file",
+                    )
+                loaded = [
+                    (_rel(path, self.root), self.read_value(path, "variable file"))
+                    for path in self.file_ref(value, where)
+                ]
+                loaded = [(rel, _FromFile(v) if type(v) is list else v) for rel, v in loaded]
+                value = loaded[0][1] if len(loaded) == 1 else _Alternatives(tuple(loaded))
             out[key] = value
         return out
 
-    def check(self, spec: AssertSpec, where: str) -> CheckDef:
+    def check(
+        self, spec: AssertSpec, where: str, inherited: dict[str, Any] | None = None
+    ) -> CheckDef:
+        negation = "not-" if spec.type.startswith("not-") else ""
+        alias = _TYPE_ALIASES.get(spec.type.removeprefix("not-"))
+        if alias is not None:
+            spec = spec.model_copy(update={"type": negation + alias})
         assertions.check_type(spec.type, where)
-        return CheckDef(spec.type, spec.value, spec.threshold, where)
+        extra = spec.model_dump(
+            exclude={"type", "value", "threshold", "assert_", "provider"}, exclude_none=True
+        )
+        provider = self.provider(spec.provider, where)
+        if provider is not None:
+            extra["provider"] = provider
+        if "transform" in extra:
+            extra["transform"] = _js_transform(extra["transform"])
+        if inherited is not None and "config" not in extra:
+            extra["config"] = inherited  # promptfoo: an assert-set's config reaches its checks
+        children = [
+            self.check(c, f"{where}.assert[{j}]", spec.config)
+            for j, c in enumerate(spec.assert_ or [])
+        ]
+        if spec.assert_ is not None and spec.type != "assert-set":
+            raise InputError(
+                f"{where}: only assert-set takes a nested assert: list", hint="use type: assert-set"
+            )
+        value = self.check_value(spec.type, spec.value, where)
+        return CheckDef(spec.type, value, spec.threshold, where, extra, children)
+
+    def check_value(self, type_: str, value: Any, where: str) -> Any:
+        """promptfoo reads a check's `value: file://x.txt` from the file (.json/.yaml parsed)."""
+        if not isinstance(value, str) or not value.startswith("file://"):
+            return value
+        if type_.removeprefix("not-") in _OWN_FILE_VALUE:
+            return value
+        if _CODE_REF.search(value):
+            raise InputError(
+                f"{where}: {value} as a '{type_}' value would run code; only python checks run code",
+                hint="use type: python with value: file://checks.py:function",
+            )
+        paths = self.file_ref(value, where)
+        if len(paths) != 1:
+            raise InputError(f"{where}: {value} matches {len(paths)} files; name one file")
+        return self.read_value(paths[0], "check value file")
+
+    def options(self, spec: TestSpec | DefaultTestSpec, where: str) -> dict[str, Any]:
+        """A test's grader defaults (provider, rubricPrompt); notes for what is ignored."""
+        for key in ("provider", "providers"):
+            if getattr(spec, key) is not None:
+                self.ignore(where, f"a test's {key}", "every test runs on the local model(s)")
+        opts = spec.options
+        if opts is None:
+            return {}
+        for key in ("runSerially", "disableConversationVar", "factuality"):
+            if getattr(opts, key) is not None:
+                self.ignore(where, f"options.{key}", "it has no effect on a local run")
+        out: dict[str, Any] = {}
+        provider = self.provider(opts.provider, where)
+        if provider is not None:
+            out["provider"] = provider
+        if opts.rubricPrompt is not None:
+            out["rubricPrompt"] = opts.rubricPrompt
+        return out
+
+    def finish(self, test: TestDef, spec: TestSpec) -> TestDef:
+        test.threshold = spec.threshold
+        test.transform = _transform(spec)
+        test.options = self.options(spec, test.where)
+        test.metadata = spec.metadata
+        _flags(test, spec)
+        return test
 
     def tests_file(self, path: Path) -> list[TestDef]:
         text = read_text(path, "test file")
@@ -617,7 +1139,7 @@ class _Loader:
             )
             raise validation_error(exc, doc, path, prefix, line) from None
         checks = [self.check(a, f"{where}: assert[{j}]") for j, a in enumerate(spec.assert_)]
-        return TestDef(0, spec.description, spec.vars, checks, where)
+        return self.finish(TestDef(0, spec.description, spec.vars, checks, where), spec)
 
     def _csv(self, path: Path, text: str) -> list[TestDef]:
         reader = csv.DictReader(io.StringIO(text))
@@ -627,13 +1149,25 @@ class _Loader:
                 f"{path}: CSV has no header row", hint="the first row names the variables"
             )
         for col in columns:
-            if col.startswith("__") and not re.fullmatch(r"__expected\d*|__description", col):
-                known = ["__expected", "__description"]
+            if col in _CSV_REFUSED:
+                raise InputError(
+                    f"{location(path, 1)}: promptfoo's column '{col}' is not supported: "
+                    f"{_CSV_REFUSED[col]}"
+                )
+            if col.startswith("__config:") and not _CSV_SPECIAL.fullmatch(col):
+                raise InputError(
+                    f"{location(path, 1)}: unsupported column '{col}'",
+                    hint="a __config column sets one check's threshold: "
+                    "__config:__expected2:threshold",
+                )
+            if col.startswith("__") and not _CSV_SPECIAL.fullmatch(col):
+                known = ["__expected", "__description", "__metric", "__threshold", "__metadata:"]
                 close = difflib.get_close_matches(col, known, n=1)
                 hint = (
                     f"did you mean '{close[0]}'?"
                     if close
-                    else "promptlab reads __expected, __expectedN and __description"
+                    else "promptlab reads __expected, __expectedN, __description, __metric, "
+                    "__threshold, __metadata:KEY and __config:__expectedN:threshold"
                 )
                 raise InputError(f"{location(path, 1)}: unsupported column '{col}'", hint=hint)
             if not col.startswith("__") and not col.isidentifier():
@@ -648,17 +1182,42 @@ class _Loader:
             where = location(path, line)
             if None in row:
                 raise InputError(f"{where}: row has more cells than the header has columns")
-            checks = []
+            checks: dict[str, CheckDef] = {}
             for col in columns:
-                if col.startswith("__expected") and row.get(col):
-                    checks.append(self._expected(row[col], f"{where}: {col}"))
+                if col.startswith("__expected") and (row.get(col) or "").strip():
+                    checks[col] = self._expected(row[col], f"{where}: {col}")
+            metric = (row.get("__metric") or "").strip()
+            metadata: dict[str, Any] = {}
+            for col in columns:
+                cell = (row.get(col) or "").strip()
+                if not cell:
+                    continue
+                if col.startswith("__config:"):
+                    target = col.split(":")[1]
+                    if target in checks:
+                        checks[target].threshold = _csv_number(cell, f"{where}: {col}")
+                elif col.startswith("__metadata:"):
+                    key = col.removeprefix("__metadata:")
+                    if key.endswith("[]"):
+                        # promptfoo: comma-separated, with \\, for a literal comma
+                        metadata[key[:-2]] = [
+                            item.strip().replace("\\,", ",") for item in re.split(r"(?<!\\),", cell)
+                        ]
+                    else:
+                        metadata[key] = cell
+            if metric:
+                for check in checks.values():
+                    check.extra["metric"] = metric
+            threshold = (row.get("__threshold") or "").strip()
             tdef = TestDef(
                 0,
                 row.get("__description") or None,
                 {c: row[c] or "" for c in var_cols},
-                checks,
+                list(checks.values()),
                 where,
                 csv_columns=var_cols,
+                threshold=_csv_number(threshold, f"{where}: __threshold") if threshold else None,
+                metadata=metadata or None,
             )
             out.append(tdef)
         if not out:
@@ -666,25 +1225,40 @@ class _Loader:
         return out
 
     def _expected(self, text: str, where: str) -> CheckDef:
-        m = re.fullmatch(r"\s*([a-z][a-z0-9-]*)\s*(?::\s*(.*))?", text, re.S)
+        """promptfoo's check syntax for CSV cells: `type:value`, `type(threshold):value`,
+        `grade:` / `llm-rubric:`, `python:` or `file://x.py`, a bare is-json; else equals."""
+        raw = text.strip()
+        if raw.startswith(("javascript:", "fn:", "eval:")) or (
+            raw.startswith("file://") and re.search(r"\.(js|cjs|mjs|ts)(:[\w.]+)?$", raw)
+        ):
+            assertions.check_type("javascript", where)  # refused, with the hint to use python
+        if raw.startswith(("grade:", "llm-rubric:")):
+            return CheckDef("llm-rubric", raw.split(":", 1)[1].strip(), None, where)
+        if raw.startswith("python:"):
+            return CheckDef("python", raw.removeprefix("python:").strip(), None, where)
+        if raw.startswith("file://") and re.search(r"\.py(:[\w.]+)?$", raw):
+            return CheckDef("python", raw, None, where)
+        m = re.fullmatch(
+            r"(not-)?([a-z][a-z0-9-]*)(?:\((\d+(?:\.\d+)?)\))?(?::\s*(.*))?", raw, re.S
+        )
         if m:
-            name, value = m.group(1), m.group(2)
-            base = name.removeprefix("not-")
-            if value is not None and (
-                name in assertions.ALL_TYPES or base in assertions.PROMPTFOO_ONLY
-            ):
+            name, base, number, value = (
+                (m.group(1) or "") + m.group(2),
+                m.group(2),
+                m.group(3),
+                m.group(4),
+            )
+            if name in assertions.ALL_TYPES or base in assertions.PROMPTFOO_ONLY:
                 assertions.check_type(name, where)
-                if base == "latency":
-                    try:
-                        return CheckDef(name, None, float(value), where)
-                    except ValueError:
-                        raise InputError(
-                            f"{where}: latency needs a number of milliseconds"
-                        ) from None
-                return CheckDef(name, value, None, where)
-            if value is None and base == "is-json":
-                return CheckDef(name, None, None, where)
-        return CheckDef("equals", text, None, where)
+                value = value if value else None  # `is-json:` with nothing after the colon
+                threshold = float(number) if number is not None else None
+                if base == "latency" and threshold is None and value is not None:
+                    threshold = _csv_number(value, where)
+                    value = None
+                if base == "similar" and threshold is None:
+                    threshold = 0.8  # promptfoo's default for similar in CSV files
+                return CheckDef(name, value, threshold, where)
+        return CheckDef("equals", raw, None, where)
 
     # --- models ---
 
@@ -713,6 +1287,101 @@ class _Loader:
         return out
 
 
+# promptfoo's transforms are JavaScript; these one-liners have exact built-in equivalents.
+_JS_TRANSFORMS: dict[str, str | list[str]] = {
+    "output.trim()": "strip",
+    "output.toLowerCase()": "lower",
+    "output.toUpperCase()": "upper",
+    "output.trim().toLowerCase()": ["strip", "lower"],
+    "output.toLowerCase().trim()": ["lower", "strip"],
+    "output.trim().toUpperCase()": ["strip", "upper"],
+    "output.toUpperCase().trim()": ["upper", "strip"],
+}
+
+
+def _js_transform(spec: Any) -> Any:
+    if isinstance(spec, str):
+        key = "".join(spec.split()).removesuffix(";")
+        return _JS_TRANSFORMS.get(key, spec)
+    return spec
+
+
+def _transform(spec: TestSpec | DefaultTestSpec) -> Any:
+    if spec.transform is not None:
+        return _js_transform(spec.transform)
+    opts = spec.options
+    if opts is None:
+        return None
+    return _js_transform(opts.transform if opts.transform is not None else opts.postprocess)
+
+
+def _flags(test: TestDef, spec: TestSpec | DefaultTestSpec) -> None:
+    opts = spec.options
+    if opts is not None:
+        if opts.disableVarExpansion is not None:
+            test.expand_vars = not opts.disableVarExpansion
+        if opts.disableDefaultAsserts is not None:
+            test.default_asserts = not opts.disableDefaultAsserts
+
+
+def _first(*values: bool | None) -> bool:
+    return next(v for v in values if v is not None)
+
+
+def _choice_vars(checks: Sequence[CheckDef], env: jinja2.Environment) -> set[str]:
+    """Variables that choice checks name as their `choices:` (`options` or `{{ options }}`)."""
+    names: set[str] = set()
+    stack = list(checks)
+    while stack:
+        check = stack.pop()
+        stack += check.children
+        choices = check.extra.get("choices")
+        if check.type != "choice" or not isinstance(choices, str):
+            continue
+        if choices.strip().isidentifier():
+            names.add(choices.strip())
+        else:
+            with contextlib.suppress(jinja2.TemplateSyntaxError):  # reported when prepared
+                names |= jinja2.meta.find_undeclared_variables(env.parse(choices))
+    return names
+
+
+def _value_label(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 30 else text[:29] + "…"
+
+
+def _dump(value: Any, indent: int | None = None) -> str:
+    """Nunjucks' dump filter (JSON.stringify): unlike Jinja's tojson, nothing is HTML-escaped."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+
+
+def _split_prompts(text: str) -> list[str] | None:
+    """promptfoo's .txt prompt files: prompts separated by lines that are just `---`.
+    None when the file has no such line (it is then one template, read by name)."""
+    lines = text.splitlines()
+    if not any(line.strip() == "---" for line in lines):
+        return None
+    chunks: list[str] = []
+    buffer: list[str] = []
+    for line in [*lines, "---"]:
+        if line.strip() == "---":
+            chunk = "\n".join(buffer).strip()
+            if chunk:
+                chunks.append(chunk)
+            buffer = []
+        else:
+            buffer.append(line)
+    return chunks
+
+
+def _csv_number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{where}: expected a number, got {text!r}") from None
+
+
 def _inline_label(source: str) -> str:
     line = " ".join(source.split())
     return line if len(line) <= 40 else line[:39] + "…"
@@ -733,18 +1402,31 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
             f"{location(path, 1)}: the top level must be a mapping (got {kind})",
             hint="write keys such as prompts:, tests:, models:",
         )
-    try:
-        suite = Suite.model_validate(doc.data)
-    except ValidationError as exc:
-        raise validation_error(exc, doc, path) from None
     loader = _Loader(path)
     loader.record(path, text)
+    data = _resolve_refs(doc.data, doc, path)
+    data = _default_test_file(data, doc, loader)
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, doc, path) from None
     notes = []
-    if suite.providers is not None:
-        notes.append(
-            f"{location(path, doc.line_of(('providers',)))}: providers: is ignored; promptlab runs the local model(s) below (--model picks another)"
+    repeat = (suite.evaluateOptions or {}).get("repeat")
+    if repeat not in (None, 1):
+        raise InputError(
+            f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: evaluateOptions.repeat: "
+            "promptlab runs each cell once (temperature 0 makes it deterministic)",
+            hint="remove repeat; to sample, raise params.temperature and run again",
         )
-    prompts = [loader.prompt(i, p, doc) for i, p in enumerate(suite.prompts)]
+    ignored = [key for key in _IGNORED_TOP if getattr(suite, key) is not None]
+    if ignored:
+        line = min((doc.line_of((key,)) or 0) for key in ignored) or None
+        why = "; ".join(f"{key}: {_IGNORED_TOP[key]}" for key in ignored)
+        notes.append(
+            f"{location(path, line)}: promptfoo's {', '.join(ignored)} "
+            f"{'is' if len(ignored) == 1 else 'are'} ignored ({why})"
+        )
+    prompts = [p for i, spec in enumerate(suite.prompts) for p in loader.prompt(i, spec, doc)]
     labels = [p.label for p in prompts]
     for p in prompts:
         if labels.count(p.label) > 1:
@@ -759,6 +1441,15 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         models = chosen or [
             ModelDef(_override_label(model_override), ModelSpec(path=model_override), "--model")
         ]
+    for key in ("providers", "targets"):
+        if getattr(suite, key) is not None:
+            names = ", ".join(m.label for m in models)
+            noun = "model" if len(models) == 1 else "models"
+            notes.insert(
+                0,
+                f"{location(path, doc.line_of((key,)))}: {key}: is ignored; running the local "
+                f"{noun} {names} instead (--model picks another)",
+            )
     for m in models:
         if suite.params.max_tokens >= m.spec.n_ctx:
             raise InputError(
@@ -777,9 +1468,80 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         models=models,
         params=suite.params,
         env=loader.env,
-        notes=notes + loader.notes,
+        notes=notes + loader.notes + loader.ignored_notes(),
         files=loader.files,
+        allow_code=suite.allow_code,
     )
+
+
+def _resolve_refs(data: Any, doc: YamlDoc, path: Path) -> Any:
+    """promptfoo's `$ref: '#/assertionTemplates/name'`: a JSON pointer into this file, replaced by
+    a copy of what it points at (sibling keys win). A `$ref` that stands for a check must
+    resolve; any other unresolved one (a JSON schema's own, e.g. `#/definitions/x`) is left as is."""
+
+    def target(ref: str) -> Any:
+        if not ref.startswith("#/") or ref.startswith(("#/definitions/", "#/$defs/")):
+            return _UNRESOLVED
+        node = data
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return _UNRESOLVED
+        return node
+
+    def walk(value: Any, loc: tuple[int | str, ...], depth: int) -> Any:
+        if depth > 32:
+            raise InputError(f"{location(path, doc.line_of(loc))}: $ref loop")
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            rest = {k: walk(v, (*loc, k), depth) for k, v in value.items() if k != "$ref"}
+            if not isinstance(ref, str):
+                return {**({"$ref": ref} if "$ref" in value else {}), **rest}
+            found = target(ref)
+            if found is not _UNRESOLVED:
+                resolved = walk(copy.deepcopy(found), loc, depth + 1)
+                return {**resolved, **rest} if isinstance(resolved, dict) else resolved
+            is_check = len(loc) >= 2 and loc[-2] == "assert" and isinstance(loc[-1], int)
+            if is_check or ref.startswith("#/assertionTemplates/"):
+                where = location(path, doc.line_of(loc), _field_path(loc) or None)
+                if not ref.startswith("#/"):
+                    raise InputError(
+                        f"{where}: $ref {ref!r}: only references into this file (#/...) are read",
+                        hint="define the check under assertionTemplates: and use "
+                        "$ref: '#/assertionTemplates/name'",
+                    )
+                raise InputError(
+                    f"{where}: $ref {ref!r} points at nothing",
+                    hint="check the name under assertionTemplates:",
+                )
+            return {"$ref": ref, **rest}
+        if isinstance(value, list):
+            return [walk(v, (*loc, i), depth) for i, v in enumerate(value)]
+        return value
+
+    return walk(data, (), 0)
+
+
+_UNRESOLVED = object()
+
+
+def _default_test_file(data: dict[str, Any], doc: YamlDoc, loader: _Loader) -> dict[str, Any]:
+    """promptfoo's `defaultTest: file://defaults.yaml`."""
+    ref = data.get("defaultTest")
+    if not isinstance(ref, str):
+        return data
+    where = loader.where(doc.line_of(("defaultTest",)), "defaultTest")
+    if not ref.startswith("file://"):
+        raise InputError(f"{where}: text here must be file://defaults.yaml", hint="or a mapping")
+    paths = loader.file_ref(ref, where)
+    value = loader.read_value(paths[0], "defaultTest file")
+    if not isinstance(value, dict):
+        raise InputError(f"{paths[0]}: a defaultTest file must hold a mapping (vars:, assert:, …)")
+    return {**data, "defaultTest": value}
 
 
 def _override_label(spec: str) -> str:

@@ -152,6 +152,26 @@ EXAMPLES = [
         id="is-json-schema-not-json",
     ),
     pytest.param(
+        Example("json-schema", AGE_SCHEMA, '{"age": 3}', True, "matching the schema"),
+        id="json-schema",
+    ),
+    pytest.param(
+        Example("json-schema", AGE_SCHEMA, '{"age": "3"}', False, "schema violation at $.age"),
+        id="json-schema-fail",
+    ),
+    pytest.param(
+        Example("contains-json", None, 'Sure: {"a": [1, 2]} hope it helps', True, "embedded JSON"),
+        id="contains-json",
+    ),
+    pytest.param(
+        Example("contains-json", AGE_SCHEMA, 'x {"age": "old"} y', False, "schema violation"),
+        id="contains-json-schema-fail",
+    ),
+    pytest.param(
+        Example("contains-json", None, "no json {here", False, "contains no JSON"),
+        id="contains-json-fail",
+    ),
+    pytest.param(
         Example("latency", None, "x", True, "latency 50ms <= 100ms", threshold=100, latency_ms=50),
         id="latency-threshold",
     ),
@@ -181,14 +201,24 @@ def test_check(ex: Example, negate: bool) -> None:
     assert result.type == type_
     assert result.passed is (ex.passed != negate)
     assert ex.reason in result.reason
-    assert result.as_dict() == {"type": type_, "pass": result.passed, "reason": result.reason}
+    # Pass/fail checks score 1 or 0; `not-` flips both.
+    assert result.score == (1.0 if result.passed else 0.0)
+    assert result.as_dict() == {
+        "type": type_,
+        "pass": result.passed,
+        "score": result.score,
+        "reason": result.reason,
+    }
 
 
 def test_examples_cover_every_type_passing_and_failing() -> None:
     examples = [cast(Example, p.values[0]) for p in EXAMPLES]
     seen = {(ex.type, ex.passed) for ex in examples}
-    assert seen == {(t, ok) for t in BASE_TYPES for ok in (True, False)}
-    assert {f"not-{t}" for t in BASE_TYPES} <= assertions.ALL_TYPES
+    # Output-only checks; those needing a model, code or tokens are in tests/test_scoring.py.
+    simple = assertions.TEXT_TYPES | assertions.LIST_TYPES | assertions.JSON_TYPES | {"latency"}
+    assert seen == {(t, ok) for t in simple for ok in (True, False)}
+    negatable = set(BASE_TYPES) - assertions.UNNEGATABLE
+    assert {f"not-{t}" for t in negatable} <= assertions.ALL_TYPES
 
 
 def test_values_are_prepared() -> None:
@@ -217,9 +247,16 @@ def test_values_are_prepared() -> None:
         ("latency", None, 0, "must be positive"),
         ("icontain", "x", None, "unknown assertion type 'icontain'; did you mean 'icontains'?"),
         ("not-regx", "x", None, "did you mean 'not-regex'?"),
-        ("llm-rubric", "x", None, "'llm-rubric' is not supported"),
-        ("not-similar", "x", None, "'not-similar' is not supported"),
-        ("zzzzzzzz", "x", None, "use one of: contains"),
+        (
+            "javascript",
+            "x",
+            None,
+            "'javascript' is not supported by promptlab; promptlab runs Python",
+        ),
+        ("not-choice", "x", None, "'choice' has no not- form"),
+        ("not-assert-set", None, None, "'assert-set' has no not- form"),
+        ("json-schema", None, None, "'json-schema' needs a schema"),
+        ("zzzzzzzz", "x", None, "use one of: bleu, contains"),
     ],
 )
 def test_prepare_refuses_bad_checks(

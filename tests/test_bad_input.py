@@ -263,15 +263,15 @@ CASES = [
                 models: [fake://echo]
                 defaultTest:
                   assert:
-                    - type: llm-rubric
-                      value: is polite
+                    - type: javascript
+                      value: output.length > 3
                 """
             },
             (
                 "evals/s.yaml:6:",
                 "defaultTest.assert[0]",
-                "'llm-rubric' is not supported",
-                "supported types:",
+                "'javascript' is not supported",
+                "use type: python",
             ),
         ),
         id="unsupported-promptfoo-assertion",

@@ -166,9 +166,9 @@ def test_failed_checks_are_listed_in_their_cell(project: Project, cli: Cli) -> N
     assert all("✗" not in c for c in apple[1:])
     # The summary counts the failures too.
     summary = tables(html)[0]
-    assert summary[0][:3] == ["model", "prompt", "pass rate"]
+    assert summary[0][:4] == ["model", "prompt", "pass rate", "mean score"]
     by_prompt = {r[1]: r for r in summary[1:]}
-    assert by_prompt["p_name"][2:6] == ["67%", "2", "1", "0"]
+    assert by_prompt["p_name"][2:7] == ["67%", "0.667", "2", "1", "0"]
 
 
 def test_error_rows_show_the_error(project: Project, cli: Cli) -> None:

@@ -2,34 +2,79 @@
 
 Model paths select the behaviour:
   fake://echo               reply with the last user message (or the raw prompt)
-  fake://reply?text=Paris   always reply `text`
+  fake://reply?text=Paris   always reply `text` (also under a grammar: tests control the output)
   fake://rules?file=x.json  reply with the value of the first key found in the prompt
 Options (query string, combinable): sleep_ms=N (simulated latency), fail_on=WORD (a cell error when
 the prompt contains WORD), interrupt_after=N (raise KeyboardInterrupt on call N+1, as Ctrl-C
-would), load_error=1 (fail to load). Tokens are whitespace-separated words, so
-n_ctx and max_tokens behave like the real thing.
+would; generate and score_choices calls both count), load_error=1 (fail to load),
+choice_bias=TEXT (score_choices: the choice equal to TEXT wins). Tokens are whitespace-separated
+words, so n_ctx and max_tokens behave like the real thing.
+
+The other backend features, all deterministic:
+- grammar: `check_grammar` refuses a grammar whose text contains "INVALID" (generate then raises
+  CellError); any other grammar is accepted and does not change the output.
+- logprobs=k: one TokenLogprob per whitespace token of the output. A token's text is the word with
+  the whitespace before it (so the texts concatenate to the output, minus trailing whitespace),
+  its logprob is -0.1 x len(word); `top` holds k entries, the chosen word first, then "word~1",
+  "word~2", ... each 0.5 lower.
+- score_choices: n_tokens = number of words in the choice. A choice that appears in the context
+  as whole words (case-insensitive, surrounding whitespace ignored) gets logprob
+  -0.1 x n_tokens and is_greedy True; any other gets -(1 + d + 0.1 x n_tokens), where d is the
+  smallest character edit distance between the choice and a same-length run of context words
+  (so near-misses beat unrelated choices, and every choice found in the context beats them). With choice_bias=TEXT, a choice equal to TEXT (same comparison) scores 0.0 and is
+  greedy. An empty choice scores 0.0 with 0 tokens.
+- embed (only when opened with embedding=True): a 64-dimensional bag of characters and character
+  bigrams of the lowercased text, hashed by code point, L2-normalized. Shared letters make
+  similar sentences closer than unrelated ones; an empty text is the zero vector.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from promptlab.backends import CellError, Generation, LoadSettings, RuntimeInfo, Sampling
+from promptlab.backends import (
+    CellError,
+    ChoiceScore,
+    Generation,
+    LoadSettings,
+    RuntimeInfo,
+    Sampling,
+    TokenLogprob,
+)
 from promptlab.errors import BackendError, InputError
+
+_EMBED_DIM = 64
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 class FakeBackend:
-    def __init__(self, spec: str, settings: LoadSettings) -> None:
+    def __init__(self, spec: str, settings: LoadSettings, *, embedding: bool = False) -> None:
         url = urlparse(spec)
+        self.spec = spec
         self.mode = url.netloc or url.path.strip("/")
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.settings = settings
+        self.embedding = embedding
         self.sleep_s = float(query.get("sleep_ms", 0)) / 1000
         self.fail_on = query.get("fail_on")
         self.reply = query.get("text", "")
+        self.choice_bias = query.get("choice_bias")
         self.interrupt_after = int(query["interrupt_after"]) if "interrupt_after" in query else None
         self.calls = 0
         self.rules: dict[str, str] = {}
@@ -53,17 +98,28 @@ class FakeBackend:
                 "n_layer": 0,
                 "device": "none",
                 "engine_version": "fake",
+                "embedding": embedding,
             },
         )
 
-    def count_tokens(self, text: str, add_bos: bool) -> int:
-        return len(text.split()) + (1 if add_bos else 0)
+    def _require_mode(self, embedding: bool, what: str) -> None:
+        if self.embedding == embedding:
+            return
+        if embedding:
+            raise BackendError(
+                f"{self.spec}: {what} needs the model opened in embedding mode",
+                hint="open it with open_backend(path, settings, embedding=True)",
+            )
+        raise BackendError(
+            f"{self.spec}: this model was opened in embedding mode, which cannot {what}",
+            hint="open a second backend without embedding=True for generation and scoring",
+        )
 
-    def generate(self, text: str, add_bos: bool, sampling: Sampling) -> Generation:
+    def _begin_call(self, text: str, n_prompt: int) -> None:
+        """What every generate/score call shares: interrupt, n_ctx, simulated failure, latency."""
         if self.interrupt_after is not None and self.calls >= self.interrupt_after:
             raise KeyboardInterrupt
         self.calls += 1
-        n_prompt = self.count_tokens(text, add_bos)
         if n_prompt >= self.settings.n_ctx:
             raise CellError(
                 f"prompt is {n_prompt} tokens but n_ctx is {self.settings.n_ctx}",
@@ -73,6 +129,31 @@ class FakeBackend:
             raise CellError(f"simulated failure: prompt contains {self.fail_on!r}")
         if self.sleep_s:
             time.sleep(self.sleep_s)
+
+    def count_tokens(self, text: str, add_bos: bool) -> int:
+        return len(text.split()) + (1 if add_bos else 0)
+
+    def check_grammar(self, gbnf: str) -> str | None:
+        return "simulated parse error: the grammar contains INVALID" if "INVALID" in gbnf else None
+
+    def generate(
+        self,
+        text: str,
+        add_bos: bool,
+        sampling: Sampling,
+        *,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+    ) -> Generation:
+        self._require_mode(False, "generate")
+        n_prompt = self.count_tokens(text, add_bos)
+        self._begin_call(text, n_prompt)
+        if grammar is not None:
+            problem = self.check_grammar(grammar)
+            if problem is not None:
+                raise CellError(f"llama.cpp refused the grammar: {problem}")
+        if logprobs is not None and logprobs < 0:
+            raise CellError(f"logprobs must be 0 or more, got {logprobs}")
         if self.mode == "echo":
             out = text
         elif self.mode == "reply":
@@ -87,7 +168,62 @@ class FakeBackend:
         budget = min(sampling.max_tokens, self.settings.n_ctx - n_prompt)
         if len(words) > budget:
             out, finish = " ".join(words[:budget]), "length"
-        return Generation(out, n_prompt, len(out.split()), finish, prompt_eval_tokens=n_prompt)
+        tokens = self._logprobs(out, logprobs) if logprobs is not None else None
+        return Generation(
+            out, n_prompt, len(out.split()), finish, prompt_eval_tokens=n_prompt, tokens=tokens
+        )
+
+    @staticmethod
+    def _logprobs(out: str, k: int) -> list[TokenLogprob]:
+        result: list[TokenLogprob] = []
+        for piece in re.findall(r"\s*\S+", out):
+            word = piece.strip()
+            lp = -0.1 * len(word)
+            top = [(piece, lp)] + [(f"{piece}~{i}", lp - 0.5 * i) for i in range(1, k)]
+            result.append(TokenLogprob(piece, lp, tuple(top[:k])))
+        return result
+
+    def score_choices(
+        self, context: str, add_bos: bool, choices: Sequence[str], *, reuse_prefix: bool = True
+    ) -> list[ChoiceScore]:
+        self._require_mode(False, "score choices")
+        n_prompt = self.count_tokens(context, add_bos)
+        longest = max((len(c.split()) for c in choices), default=0)
+        self._begin_call(context, n_prompt + longest)
+        ctx_lower = context.lower()
+        ctx_words = ctx_lower.split()
+        bias = self.choice_bias.strip().lower() if self.choice_bias is not None else None
+        scores: list[ChoiceScore] = []
+        for choice in choices:
+            key = choice.strip().lower()
+            n = len(key.split())
+            if not key:
+                scores.append(ChoiceScore(0.0, 0, True))
+            elif bias is not None and key == bias:
+                scores.append(ChoiceScore(0.0, n, True))
+            elif re.search(rf"(?<!\w){re.escape(key)}(?!\w)", ctx_lower):
+                scores.append(ChoiceScore(-0.1 * n, n, True))
+            else:
+                windows = [
+                    " ".join(ctx_words[i : i + n]) for i in range(max(1, len(ctx_words) - n + 1))
+                ]
+                d = min(_edit_distance(key, w) for w in windows)
+                scores.append(ChoiceScore(-(1.0 + d + 0.1 * n), n, False))
+        return scores
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self._require_mode(True, "embed")
+        out: list[list[float]] = []
+        for text in texts:
+            vec = [0.0] * _EMBED_DIM
+            low = text.lower()
+            for ch in low:
+                vec[ord(ch) % _EMBED_DIM] += 1.0
+            for a, b in itertools.pairwise(low):
+                vec[(ord(a) * 31 + ord(b)) % _EMBED_DIM] += 0.5
+            norm = math.sqrt(sum(v * v for v in vec))
+            out.append([v / norm for v in vec] if norm > 0 else vec)
+        return out
 
     def close(self) -> None:
         pass

@@ -1,24 +1,54 @@
-"""The llama.cpp backend (llama-cpp-python). The only module that imports `llama_cpp`.
+"""The llama.cpp backend (llama-cpp-python). The only module that imports `llama_cpp` (besides
+`llama_grammar.py`, which uses its pure-Python JSON-schema converter).
 
 Everything llama-cpp-python would otherwise default is set explicitly (n_ctx 512, n_gpu_layers 0,
 n_threads cpu_count()//2, per-API temperatures, a process-wide fixed seed, flash_attn off), and
 its logs go through our own callback because `verbose=False` swallows real load errors.
+
+Beyond plain completion, this module does three things llama-cpp-python has no safe API for:
+
+- Token logprobs without `logits_all=True` (which keeps n_ctx x n_vocab floats, 2 GB on Gemma3):
+  while `generate(logprobs=k)` runs, the instance's `sample` method is wrapped to read the raw
+  logits row llama.cpp is about to sample from, and the token it picked (`_LogprobCapture`).
+- Multiple-choice log-likelihood (`score_choices`) straight from the logits, sharing one
+  evaluation of the context between all choices and keeping llama-cpp-python's KV-prefix
+  bookkeeping (`n_tokens`, `input_ids`) consistent so the next `generate` is unaffected. Not
+  `echo=True` + logprobs: that pairs logits with the wrong tokens when there is no BOS
+  (SmolLM2) and sorts the whole vocabulary in Python per token (NOTES §5).
+- Grammar validation before use: llama.cpp returns NULL for a grammar it cannot parse and
+  llama-cpp-python adds that NULL to the sampler chain unchecked, which segfaults on the first
+  token (measured); a grammar no token can start aborts the process (GGML_ABORT, measured).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
+import os
 import re
+import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import llama_cpp._internals as llama_internals
 import llama_cpp.llama_cpp as llama_lib
+import llama_cpp.llama_grammar as llama_grammar
+import numpy as np
 
-from promptlab.backends import CellError, Generation, LoadSettings, RuntimeInfo, Sampling
+from promptlab.backends import (
+    CellError,
+    ChoiceScore,
+    Generation,
+    LoadSettings,
+    RuntimeInfo,
+    Sampling,
+    TokenLogprob,
+)
 from promptlab.errors import BackendError
 
 # --- logging ---------------------------------------------------------------------------------
@@ -93,13 +123,148 @@ def _without_extra_buffers(active: bool) -> Iterator[None]:
         llama_lib.llama_model_default_params = original
 
 
+# --- grammar validation --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stderr_to(sink: list[str]) -> Iterator[None]:
+    """Redirect file descriptor 2 to a temporary file and append what was written to `sink`.
+
+    llama.cpp's grammar parser reports syntax errors with a bare `fprintf(stderr, …)` (not through
+    the log callback), and the library must print nothing. This is process-wide for the few
+    microseconds of a parse: another thread's stderr output in that window lands in `sink` too.
+    """
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing can be printed anyway
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+            tmp.seek(0)
+            sink.append(tmp.read().decode("utf-8", "replace"))
+    finally:
+        os.close(saved)
+
+
+def _grammar_problem(stderr_text: str, log: list[tuple[int, str]]) -> str:
+    """The one-line reason llama.cpp gave for refusing a grammar."""
+    # e.g. "parse: error parsing grammar: expecting ')' at <rest of the grammar>"
+    m = re.search(r"error parsing grammar: ([^\n]*)", stderr_text)
+    errors = [t.strip() for lvl, t in log if lvl == 4 and t.strip()]
+    # "failed to parse grammar" only repeats the parser's message; the others (left recursion,
+    # missing root) are the real reason.
+    specific = [e for e in errors if e != "failed to parse grammar"]
+    detail = m.group(1).strip() if m else (specific[0] if specific else "")
+    detail = " ".join(detail.split()) or "parse error"
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return detail
+
+
+# --- logprob capture -------------------------------------------------------------------------
+
+
+def _log_sum_exp(row: Any, scratch: Any) -> float:
+    """log(sum(exp(row))) for one float32 logits row; logprob(i) = row[i] - this.
+
+    Shifted by the max, exponentiated in float32 into a reused scratch row and summed in
+    float64: 3x cheaper than converting a 262k-entry Gemma row to float64 first (8 -> 2.6 ms),
+    and equal to it within 1e-8 (measured).
+    """
+    m = float(row.max())
+    np.subtract(row, m, out=scratch)
+    np.exp(scratch, out=scratch)
+    return m + float(np.log(scratch.sum(dtype=np.float64)))
+
+
+class _LogprobCapture:
+    """Records, for every token `Llama.generate` samples, its logprob and the top-k alternatives.
+
+    How: `Llama.generate` calls `self.sample(..., idx=…)` once per generated token, and `sample`
+    runs llama.cpp's sampler chain on the logits row of the last decoded position. We shadow
+    `sample` on this instance only (an instance attribute, removed in `finally`) with a wrapper
+    that copies that row (`llama_get_logits_ith`, the same row the chain reads), calls the real
+    `sample`, and records the token it returned. Nothing else in the chain changes, so the output
+    is byte-identical to a run without logprobs, and no `logits_all=True` is needed: only one
+    row (n_vocab floats) is alive at a time.
+
+    The logprobs are those of the raw model distribution, log_softmax(logits), taken before
+    repetition penalties, the grammar, top-k/top-p/min-p and temperature. That makes them
+    comparable across sampling settings and meaningful at temperature 0 (where the sampled
+    distribution is degenerate); the cost is that under a grammar or a penalty the chosen token
+    need not be top[0], and the logprobs are not those of the distribution actually sampled from.
+    """
+
+    def __init__(self, llm: Any, k: int) -> None:
+        self.llm = llm
+        self.k = k
+        self.n_vocab = int(llm.n_vocab())
+        self.steps: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self._scratch = np.empty(self.n_vocab, dtype=np.single)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        llm = self.llm
+        real_sample = llm.sample  # the bound method of the class
+
+        def sample(*args: Any, **kwargs: Any) -> Any:
+            idx = kwargs.get("idx")
+            # The same row index Llama.sample hands to llama_sampler_sample.
+            ridx = idx - llm.n_tokens if idx is not None else -1
+            ptr = llama_lib.llama_get_logits_ith(llm.ctx, ridx)
+            row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+            token = real_sample(*args, **kwargs)
+            self._record(row, int(token))
+            return token
+
+        llm.sample = sample
+        try:
+            yield
+        finally:
+            # Removing the instance attribute uncovers the class method again.
+            with contextlib.suppress(AttributeError):
+                del llm.sample
+
+    def _record(self, row: Any, token: int) -> None:
+        lse = _log_sum_exp(row, self._scratch)
+        top: list[tuple[int, float]] = []
+        if self.k > 0:
+            k = min(self.k, self.n_vocab)
+            cand = np.argpartition(row, -k)[-k:]
+            # Highest logprob first; equal logits by token id, so the order is deterministic.
+            cand = cand[np.lexsort((cand, -row[cand]))]
+            top = [(int(i), float(row[i]) - lse) for i in cand]
+        self.steps.append((token, float(row[token]) - lse, top))
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
 class LlamaBackend:
-    def __init__(self, path: Path, settings: LoadSettings) -> None:
+    def __init__(self, path: Path, settings: LoadSettings, *, embedding: bool = False) -> None:
+        self.path = path
         self.settings = settings
+        self.embedding = embedding
         offload_ok = supports_gpu_offload()
         requested = settings.n_gpu_layers
         n_gpu_layers = (-1 if offload_ok else 0) if requested is None else requested
         amx = build_has_amx()
+        # Embedding mode: one pooled vector per sequence. Mean pooling works for any decoder
+        # model; the GGUF's own pooling type (often none or last-token for chat models) would
+        # make `embed` model-dependent. Otherwise left unspecified, as llama-cpp-python does.
+        pooling = (
+            llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            if embedding
+            else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+        )
         _take_log()
         try:
             with _without_extra_buffers(amx):
@@ -113,8 +278,11 @@ class LlamaBackend:
                     n_threads_batch=settings.n_threads_batch,
                     seed=settings.seed,
                     flash_attn=settings.flash_attn,
+                    # Never: it keeps n_ctx x n_vocab floats (NOTES §2). Logprobs and choice
+                    # scoring read the rows they need straight from the context instead.
                     logits_all=False,
-                    embedding=False,
+                    embedding=embedding,
+                    pooling_type=pooling,
                     offload_kqv=True,
                     use_mmap=True,
                     use_mlock=False,
@@ -130,6 +298,12 @@ class LlamaBackend:
             ) from None
         log = _take_log()
         self.n_layer = int(llama_lib.llama_model_n_layer(self.llm.model))
+        self.n_vocab = int(self.llm.n_vocab())
+        # Grammar text -> None (accepted) or the reason llama.cpp refuses it; parsed once each.
+        self._grammars: dict[str, str | None] = {}
+        # The last context score_choices evaluated and its last logits row, while the KV cache
+        # still holds exactly that context (cleared by anything else that decodes).
+        self._scored_context: tuple[tuple[int, ...], Any] | None = None
         offloaded = self._offloaded(log)
         self.info = RuntimeInfo(
             backend="llama.cpp",
@@ -142,6 +316,8 @@ class LlamaBackend:
                 "n_layer": self.n_layer,
                 "device": self._device(log),
                 "amx_workaround": amx,
+                "embedding": embedding,
+                "pooling": "mean" if embedding else None,
                 "system_info": system_info(),
                 "warnings": [t.strip() for lvl, t in log if lvl == 3 and t.strip()][:20],
             },
@@ -163,6 +339,19 @@ class LlamaBackend:
                 return f"{m.group(1)} ({m.group(2)})"
         return "CPU"
 
+    def _require_mode(self, embedding: bool, what: str) -> None:
+        if self.embedding == embedding:
+            return
+        if embedding:
+            raise BackendError(
+                f"{self.path}: {what} needs the model opened in embedding mode",
+                hint="open it with open_backend(path, settings, embedding=True)",
+            )
+        raise BackendError(
+            f"{self.path}: this model was opened in embedding mode, which cannot {what}",
+            hint="open a second backend without embedding=True for generation and scoring",
+        )
+
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         # special=True: control tokens written in a template (e.g. <|im_start|>) are real tokens,
         # matching what llama-cpp-python's own chat and completion paths do.
@@ -171,7 +360,63 @@ class LlamaBackend:
     def count_tokens(self, text: str, add_bos: bool) -> int:
         return len(self.tokenize(text, add_bos))
 
-    def generate(self, text: str, add_bos: bool, sampling: Sampling) -> Generation:
+    # --- grammar -------------------------------------------------------------------------------
+
+    def check_grammar(self, gbnf: str) -> str | None:
+        """None when llama.cpp accepts the GBNF grammar (start rule `root`), else a one-line reason
+        (the parser's own words, e.g. "Undefined rule identifier 'foo'", without a prefix).
+
+        Parses it with `llama_sampler_init_grammar` (NULL on any parse error, left recursion or a
+        missing root), then applies it once to the whole vocabulary: a grammar no token can start
+        would make llama.cpp abort the process on the first sampled token. Cached per text, so
+        callers may check every distinct grammar after load and `generate` re-checks for free.
+        Residual risk, not detectable up front: a grammar that dead-ends later (a character no
+        token can produce, e.g. NUL, after some valid prefix) still aborts inside llama.cpp.
+        """
+        if gbnf in self._grammars:
+            return self._grammars[gbnf]
+        problem = self._parse_grammar(gbnf)
+        self._grammars[gbnf] = problem
+        return problem
+
+    def _parse_grammar(self, gbnf: str) -> str | None:
+        if not gbnf.strip():
+            # An empty string makes llama.cpp build a grammar sampler that constrains nothing.
+            return "the grammar is empty"
+        if "\0" in gbnf:
+            return "the grammar contains a NUL character"
+        vocab = llama_lib.llama_model_get_vocab(self.llm.model)
+        captured: list[str] = []
+        _take_log()
+        with _stderr_to(captured):
+            smpl = llama_lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        log = _take_log()
+        if not smpl:  # a NULL pointer is falsy
+            return _grammar_problem("".join(captured), log)
+        try:
+            cands = llama_internals.LlamaTokenDataArray(n_vocab=self.n_vocab)
+            cands.copy_logits(np.zeros(self.n_vocab, dtype=np.single))
+            llama_lib.llama_sampler_apply(smpl, ctypes.byref(cands.candidates))
+            if not bool(np.isfinite(cands.candidates_data.logit).any()):
+                return "no token of the model's vocabulary can start it (llama.cpp would abort)"
+        finally:
+            llama_lib.llama_sampler_free(smpl)
+        return None
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        text: str,
+        add_bos: bool,
+        sampling: Sampling,
+        *,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+    ) -> Generation:
+        self._require_mode(False, "generate")
+        if logprobs is not None and logprobs < 0:
+            raise CellError(f"logprobs must be 0 or more, got {logprobs}")
         tokens = self.tokenize(text, add_bos)
         n_ctx = self.settings.n_ctx
         if len(tokens) >= n_ctx:
@@ -179,40 +424,256 @@ class LlamaBackend:
                 f"prompt is {len(tokens)} tokens but n_ctx is {n_ctx}",
                 hint="raise n_ctx in models: or shorten the prompt",
             )
+        grammar_obj = None
+        if grammar is not None:
+            problem = self.check_grammar(grammar)
+            if problem is not None:
+                raise CellError(
+                    f"llama.cpp refused the grammar: {problem}",
+                    hint="fix the GBNF grammar (its start rule is `root`)",
+                )
+            grammar_obj = llama_grammar.LlamaGrammar.from_string(grammar, verbose=False)
+        # No capture object, no wrapper, no numpy when logprobs is None: the plain path is the
+        # same create_completion call as before.
+        capture = _LogprobCapture(self.llm, logprobs) if logprobs is not None else None
         ctx = self.llm.ctx
         llama_lib.llama_perf_context_reset(ctx)
+        self._scored_context = None
         try:
-            # Token ids, so llama-cpp-python adds no BOS of its own: BOS is decided above, from the
-            # GGUF flag for raw prompts and by the chat template for chat prompts.
-            out: Any = self.llm.create_completion(
-                prompt=tokens,
-                max_tokens=sampling.max_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                min_p=sampling.min_p,
-                typical_p=1.0,
-                repeat_penalty=sampling.repeat_penalty,
-                frequency_penalty=0.0,
-                presence_penalty=0.0,
-                stop=list(sampling.stop),
-                seed=sampling.seed,
-                stream=False,
-            )
+            with capture.installed() if capture is not None else contextlib.nullcontext():
+                # Token ids, so llama-cpp-python adds no BOS of its own: BOS is decided above,
+                # from the GGUF flag for raw prompts and by the chat template for chat prompts.
+                out: Any = self.llm.create_completion(
+                    prompt=tokens,
+                    max_tokens=sampling.max_tokens,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k,
+                    min_p=sampling.min_p,
+                    typical_p=1.0,
+                    repeat_penalty=sampling.repeat_penalty,
+                    frequency_penalty=0.0,
+                    presence_penalty=0.0,
+                    stop=list(sampling.stop),
+                    seed=sampling.seed,
+                    stream=False,
+                    grammar=grammar_obj,
+                )
         except ValueError as exc:
             raise CellError(f"llama.cpp: {exc}") from None
         perf = llama_lib.llama_perf_context(ctx)
         choice = out["choices"][0]
         usage = out["usage"]
+        n_completion = int(usage["completion_tokens"])
         return Generation(
             text=choice["text"],
             prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=int(usage["completion_tokens"]),
+            completion_tokens=n_completion,
             finish_reason=str(choice.get("finish_reason") or "stop"),
             prompt_eval_tokens=int(perf.n_p_eval),
             prompt_eval_ms=float(perf.t_p_eval_ms),
             eval_ms=float(perf.t_eval_ms),
+            tokens=self._token_logprobs(capture, n_completion) if capture is not None else None,
         )
+
+    def _token_logprobs(self, capture: _LogprobCapture, n_completion: int) -> list[TokenLogprob]:
+        """One TokenLogprob per completion token, texts split so that they concatenate to the text.
+
+        `create_completion` samples one token more than it returns when generation ends on an
+        end-of-generation token (that token is not part of the completion), so the capture is cut
+        to `completion_tokens`. Each token's text is its share of the decoded output: bytes go
+        through one incremental UTF-8 decoder (errors ignored, as create_completion decodes), so
+        a character split across tokens belongs to the token that completes it and earlier
+        tokens get "". Hence "".join(texts) == text, except when a stop string cut the text:
+        then the tokens still cover everything generated, stop string (and whatever the last
+        token carried past it) included. Control tokens render as "" in the text (special=False,
+        as in the output); in `top` they render with their markup (special=True), and a piece
+        that is not valid UTF-8 on its own shows U+FFFD there.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        steps = capture.steps[:n_completion]
+        pieces: dict[int, str] = {}
+
+        def alternative(token: int) -> str:
+            if token not in pieces:
+                raw = self.llm.detokenize([token], special=True)
+                pieces[token] = bytes(raw).decode("utf-8", "replace")
+            return pieces[token]
+
+        result: list[TokenLogprob] = []
+        for i, (token, lp, top) in enumerate(steps):
+            text = decoder.decode(bytes(self.llm.detokenize([token])), final=i == len(steps) - 1)
+            result.append(TokenLogprob(text, lp, tuple((alternative(t), tlp) for t, tlp in top)))
+        return result
+
+    # --- multiple choice -------------------------------------------------------------------------
+
+    def score_choices(
+        self, context: str, add_bos: bool, choices: Sequence[str], *, reuse_prefix: bool = True
+    ) -> list[ChoiceScore]:
+        """Sum of log_softmax(logits) over each choice's tokens after `context`, one shared context.
+
+        Tokens: `context + choice` is tokenized jointly and the continuation is the part after the
+        context's own tokens when those are a prefix of the joint ones (so " Paris" after "is"
+        scores the tokens the model would really see); when they are not (the context ends in a
+        way the joint text re-tokenizes, e.g. a trailing space), the choice is tokenized alone
+        and scored after the context's tokens. Put separating spaces in the choices.
+
+        KV bookkeeping, reusing llama-cpp-python's own prefix cache: `llm.input_ids[:n_tokens]`
+        mirrors the KV cache. The context is evaluated with `llm.eval` after trimming the cache to
+        the longest common prefix (minus one token: logits of the last context position are not
+        kept with logits_all=False, so it is decoded again). For each choice, its tokens but the
+        last are decoded after the context at positions n.. with logits for every position, and
+        the KV cells from position n on are removed afterwards; `n_tokens`/`input_ids` are never
+        advanced for them, so after the call the cache holds exactly the context. `_requires_eval`
+        is set so that a following `generate` on exactly the context re-decodes its last token
+        instead of sampling from the last choice's logits.
+
+        Scoring the same context again right after (nothing decoded in between) reuses the saved
+        last-context logits instead of re-decoding that token. Besides saving a decode, this keeps
+        repeated calls bit-identical: on Gemma3 (this CPU build) logits depend on how a sequence
+        was split into decode calls, by up to ~0.2 nats (measured; SmolLM2 is bit-identical).
+        The same holds for prefix reuse in general: a context's scores can differ slightly with
+        what the previous call left in the cache.
+        """
+        self._require_mode(False, "score choices")
+        ctx_tokens = self.tokenize(context, add_bos)
+        if not ctx_tokens:
+            raise CellError(
+                "cannot score choices after an empty context",
+                hint="give a context (or a model that adds BOS)",
+            )
+        conts = [self._continuation(context, ctx_tokens, c, add_bos) for c in choices]
+        n = len(ctx_tokens)
+        longest = max((len(c) for c in conts), default=0)
+        n_ctx = self.settings.n_ctx
+        if n + longest > n_ctx:
+            raise CellError(
+                f"context is {n} tokens and the longest choice {longest} but n_ctx is {n_ctx}",
+                hint="raise n_ctx in models: or shorten the prompt",
+            )
+        if not conts:
+            return []
+        llm: Any = self.llm  # llama-cpp-python's methods are partly unannotated
+        key = tuple(ctx_tokens)
+        saved, self._scored_context = self._scored_context, None
+        last: Any = None
+        if saved is not None and saved[0] == key and llm.n_tokens == n:
+            last = saved[1]
+        scores: list[ChoiceScore] = []
+        try:
+            for cont in conts:
+                if last is None:
+                    if not reuse_prefix:
+                        llm.reset()
+                    last = self._eval_context(ctx_tokens)
+                score, kv_clean = self._score_continuation(n, last, cont)
+                scores.append(score)
+                if not kv_clean:
+                    # The cache could not drop the continuation (recurrent memory): start over.
+                    llm.reset()
+                    last = None
+        except RuntimeError as exc:  # llama_decode failed
+            llm.reset()
+            raise CellError(f"llama.cpp: {exc}") from None
+        finally:
+            # The context's logits are no longer the current ones (see docstring).
+            llm._requires_eval = True
+        if last is not None:
+            self._scored_context = (key, last)
+        return scores
+
+    def _continuation(
+        self, context: str, ctx_tokens: list[int], choice: str, add_bos: bool
+    ) -> list[int]:
+        if not choice:
+            return []
+        joint = self.tokenize(context + choice, add_bos)
+        n = len(ctx_tokens)
+        if len(joint) > n and joint[:n] == ctx_tokens:
+            return joint[n:]
+        return self.tokenize(choice, False)
+
+    def _eval_context(self, ctx_tokens: list[int]) -> Any:
+        """Make the KV cache hold exactly `ctx_tokens`; return the last position's logits row."""
+        llm: Any = self.llm
+        n = len(ctx_tokens)
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        common = 0
+        for a, b in zip(cached, ctx_tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        keep = min(common, n - 1)
+        # llm.eval removes KV cells from llm.n_tokens on by itself but ignores failure, which
+        # happens for a partial removal on recurrent memory; then evaluate from scratch.
+        if keep > 0 and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            keep = 0
+        if keep == 0:
+            llm.reset()
+        llm.n_tokens = keep
+        llm.eval(ctx_tokens[keep:])
+        row = llama_lib.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+
+    def _score_continuation(self, n: int, last: Any, cont: list[int]) -> tuple[ChoiceScore, bool]:
+        """(score, whether the KV cache is back to the context only)."""
+        if not cont:
+            return ChoiceScore(0.0, 0, True), True
+        llm = self.llm
+        rows = [last[None, :]]
+        # Row i predicts token i+1, so the last choice token itself never needs decoding.
+        body = cont[:-1]
+        clean = True
+        try:
+            n_batch = llm.n_batch
+            for start in range(0, len(body), n_batch):
+                chunk = body[start : start + n_batch]
+                llm._batch.set_batch(batch=chunk, n_past=n + start, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                ptr = llama_lib.llama_get_logits(llm.ctx)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy())
+        finally:
+            if body:
+                clean = bool(llm._ctx.kv_cache_seq_rm(-1, n, -1))
+        logits = np.vstack(rows).astype(np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+        target = np.asarray(cont, dtype=np.int64)
+        lp = logits[np.arange(len(cont)), target] - lse
+        greedy = bool((logits.argmax(axis=1) == target).all())
+        return ChoiceScore(float(lp.sum()), len(cont), greedy), clean
+
+    # --- embeddings ------------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Mean-pooled, L2-normalized embeddings as plain floats (embedding mode only)."""
+        self._require_mode(True, "embed")
+        if not texts:
+            return []
+        # Llama.embed tokenizes like this; check first, because it would silently truncate
+        # (truncate=True) or write past an empty sequence's batch slot (no tokens).
+        for i, text in enumerate(texts):
+            count = len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+            if count == 0:
+                raise CellError(f"cannot embed text {i}: it has no tokens")
+            if count > self.llm.n_batch:
+                raise CellError(
+                    f"text {i} is {count} tokens but n_batch is {self.llm.n_batch}",
+                    hint="raise n_batch (and n_ctx) or shorten the text",
+                )
+        try:
+            raw = self.llm.embed(list(texts), normalize=False, truncate=False)
+        except (ValueError, RuntimeError) as exc:
+            raise CellError(f"llama.cpp: {exc}") from None
+        out: list[list[float]] = []
+        for vec in raw:
+            a = np.asarray(vec, dtype=np.float64)
+            norm = float(np.linalg.norm(a))
+            if norm > 0.0:
+                a = a / norm
+            out.append([float(v) for v in a])
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
