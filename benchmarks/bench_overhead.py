@@ -186,7 +186,15 @@ def run_bare(
 def run_promptlab(suite: Path, out: Path, limit: int | None) -> PromptlabRound:
     cpu0 = cpu_snapshot()
     t0 = time.perf_counter()
-    result = core.run(suite, out=out, limit=limit, progress=None, argv=["bench_overhead"])
+    # No result cache: every round must really generate, like the bare loop.
+    result = core.run(
+        suite,
+        out=out,
+        limit=limit,
+        progress=None,
+        argv=["bench_overhead"],
+        cache=core.CacheOptions(use=False),
+    )
     wall_ms = (time.perf_counter() - t0) * 1000
     others = others_share(cpu0, cpu_snapshot(), wall_ms)
     if result.status != "complete":

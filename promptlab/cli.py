@@ -95,31 +95,101 @@ def render(
 
 @app.command()
 def run(
-    suite: SuiteArg,
+    suite: Annotated[
+        Path | None, typer.Argument(help="Suite file, e.g. evals/example.yaml (not with --resume)")
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Run folder (default: results/<suite>-<time>)"),
     ] = None,
     model: ModelOpt = None,
     filter_pattern: FilterOpt = None,
+    filter_prompt: Annotated[
+        str | None, typer.Option("--filter-prompt", help="Regex on the prompt label")
+    ] = None,
+    filter_test: Annotated[
+        str | None,
+        typer.Option("--filter-test", help="Regex on the test description or its vars"),
+    ] = None,
     limit: LimitOpt = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", help="N tests drawn at random (see --seed)")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --sample")] = 0,
+    failing: Annotated[
+        Path | None,
+        typer.Option("--failing", help="Rerun only the cells that failed in this earlier run"),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Finish this interrupted run in place")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the result cache")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Run every cell again and overwrite the cache")
+    ] = False,
+    cache_db: Annotated[
+        Path | None,
+        typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
+    ] = None,
     allow_code: AllowCodeOpt = False,
 ) -> int:
     """Run every prompt × test × model, score the outputs and write reports."""
     from promptlab import console, core
-    from promptlab.errors import ExitCode
+    from promptlab.errors import ExitCode, InputError
+    from promptlab.plan import Selection
 
-    with console.RichProgress() as progress:
-        result = core.run(
-            suite,
-            out=output,
-            model=model,
-            filter_pattern=filter_pattern,
+    argv = ["promptlab", *_argv]
+    if resume is not None:
+        given = [
+            name
+            for name, value in (
+                ("SUITE", suite),
+                ("-o", output),
+                ("--model", model),
+                ("--filter", filter_pattern),
+                ("--filter-prompt", filter_prompt),
+                ("--filter-test", filter_test),
+                ("--limit", limit),
+                ("--sample", sample),
+                ("--failing", failing),
+            )
+            if value is not None
+        ]
+        if given:
+            raise InputError(
+                f"--resume reuses the interrupted run's own settings; drop {', '.join(given)}",
+                hint=f"promptlab run --resume {resume}",
+            )
+        with console.RichProgress() as progress:
+            result = core.resume(resume, progress=progress, argv=argv)
+    else:
+        if suite is None:
+            raise InputError(
+                "missing the suite file", hint="promptlab run evals/x.yaml (or --resume DIR)"
+            )
+        selection = Selection(
+            pattern=filter_pattern,
+            prompt=filter_prompt,
+            test=filter_test,
             limit=limit,
-            progress=progress,
-            argv=["promptlab", *_argv],
-            allow_code=allow_code,
+            sample=sample,
+            sample_seed=seed,
+            cells=core.failing_cells(failing) if failing is not None else None,
         )
+        cache = core.CacheOptions(use=not no_cache, refresh=refresh, path=cache_db)
+        with console.RichProgress() as progress:
+            result = core.run(
+                suite,
+                out=output,
+                model=model,
+                selection=selection,
+                progress=progress,
+                argv=argv,
+                allow_code=allow_code,
+                cache=cache,
+            )
     console.print_notes(result.notes)
     console.print_run(result)
     if result.error is not None:
@@ -160,6 +230,37 @@ def schema() -> int:
     from promptlab import core
 
     print(json.dumps(core.suite_schema(), indent=2))
+    return 0
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Bundled alias (smollm2, gemma3) or .gguf path")],
+    prompt_tokens: Annotated[
+        int, typer.Option("--prompt-tokens", min=1, help="Prompt length measured")
+    ] = 256,
+    gen_tokens: Annotated[
+        int, typer.Option("--gen-tokens", min=1, help="Tokens generated per measurement")
+    ] = 64,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Rounds (medians)")] = 3,
+    threads: Annotated[
+        str | None,
+        typer.Option("--threads", help="Thread counts, e.g. 1,2 (default: 1..usable CPUs, ≤4)"),
+    ] = None,
+) -> int:
+    """Measure prompt and generation speed by thread count and batch size; suggest settings."""
+    from promptlab import console, core
+
+    with console.TuneProgress() as progress:
+        result = core.tune(
+            model,
+            prompt_tokens=prompt_tokens,
+            gen_tokens=gen_tokens,
+            repeats=repeats,
+            threads=threads,
+            progress=progress,
+        )
+    console.print_tune(result)
     return 0
 
 

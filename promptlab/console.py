@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from promptlab.core import ModelRow, RunResult
     from promptlab.plan import Plan
     from promptlab.report import ReportFiles
+    from promptlab.tune import TuneResult
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
@@ -114,7 +115,7 @@ def summary_table(reports: ReportFiles) -> Table:
         tps = rec.get("mean_tokens_per_s")
         table.add_row(
             escape(str(rec["model"])),
-            escape(str(rec["prompt"])),
+            escape(str(rec["prompt"]) + (f" [{rec['setting']}]" if rec.get("setting") else "")),
             f"[{_rate_style(rate)}]{rate:.0%}[/]",
             str(rec["passed"]),
             str(rec["failed"]),
@@ -143,6 +144,17 @@ def print_run(result: RunResult) -> None:
     out.print(
         f"{s.cells} cells: [green]{s.passed} passed[/], [red]{s.failed} failed[/], [yellow]{s.errors} errors[/]{status}"
     )
+    extra = []
+    if s.cached:
+        extra.append(f"{s.cached} from the cache")
+    reuse = s.prefix_reuse()
+    if reuse["prompt_tokens"]:
+        extra.append(
+            f"prompt tokens: {reuse['evaluated']:,} evaluated, {reuse['reused']:,} reused "
+            f"({reuse['reused_share']:.0%})"
+        )
+    if extra:
+        out.print("[dim]" + " · ".join(extra) + "[/]")
     out.print(
         f"report: [link=file://{result.reports.html.resolve()}]{escape(str(result.reports.html))}[/link]"
     )
@@ -222,3 +234,87 @@ def print_models(rows: list[ModelRow]) -> None:
             escape(detail),
         )
     out.print(table)
+
+
+class TuneProgress:
+    """A progress bar on stderr while `tune` measures; callable as (done, total)."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]measuring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            refresh_per_second=4,  # the bar must not compete with llama.cpp for the CPUs
+        )
+        self.task = self.bar.add_task("measuring", total=None)
+        self.started = False
+
+    def __enter__(self) -> TuneProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.started:
+            self.started = True
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total)
+
+
+def print_tune(result: TuneResult) -> None:
+    best_t, best_b = result.best_prompt
+    best_gen = result.best_gen_threads
+    s = result.settings
+    table = Table(
+        title=(
+            f"{escape(result.model)}: tokens/s, medians of {result.repeats} round(s); "
+            f"prompt {result.prompt_tokens} tokens, generation {result.gen_tokens} tokens"
+        ),
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("threads", justify="right")
+    for b in result.batches:
+        table.add_column(f"prompt\nn_batch {b}", justify="right")
+    table.add_column("generate", justify="right")
+    for t in result.threads:
+        cells = []
+        for b in result.batches:
+            text = f"{result.pp_median(t, b):.1f}"
+            cells.append(f"[bold green]{text}[/]" if (t, b) == (best_t, best_b) else text)
+        gen = f"{result.tg_median(t):.1f}"
+        cells.append(f"[bold green]{gen}[/]" if t == best_gen else gen)
+        table.add_row(str(t), *cells)
+    out.print(table)
+    if result.skipped_batches:
+        skipped = ", ".join(str(b) for b in result.skipped_batches)
+        out.print(
+            f"[dim]n_batch {skipped} not measured: larger than the {result.prompt_tokens}-token "
+            "prompt (raise --prompt-tokens)[/]"
+        )
+    out.print(
+        f"[dim]engine time from the perf counters; model loaded once (flash_attn "
+        f"{'on' if s.flash_attn else 'off'}, n_gpu_layers "
+        f"{'auto' if s.n_gpu_layers is None else s.n_gpu_layers})[/]"
+    )
+    if result.others_share is not None:
+        busy = result.others_share > 0.1
+        out.print(
+            f"[{'yellow' if busy else 'dim'}]other processes used {result.others_share:.0%} of "
+            "the CPUs meanwhile"
+            + ("; rerun on a quieter machine to trust these numbers" if busy else "")
+            + "[/]"
+        )
+    out.print(f"best for generation: n_threads {best_gen} ({result.tg_median(best_gen):.1f} tok/s)")
+    out.print(
+        f"best for prompts: n_threads_batch {best_t}, n_batch {best_b} "
+        f"({result.pp_median(best_t, best_b):.1f} tok/s; the largest n_batch within 5% of the "
+        "fastest)"
+    )
+    out.print("paste into the suite:")
+    out.print(escape(result.snippet()), soft_wrap=True)

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__
+from promptlab.cache import Cache
+from promptlab.cache import default_path as default_cache_path
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
-from promptlab.plan import Plan, build_plan
+from promptlab.plan import Plan, Selection, build_plan
 from promptlab.runner import NoProgress, Progress, Stats, execute
 from promptlab.store import RunWriter, check_run_dir, default_run_dir
 from promptlab.suite import Suite, load_suite
@@ -40,10 +42,17 @@ def prepare(
     filter_pattern: str | None = None,
     limit: int | None = None,
     allow_code: bool = False,
+    selection: Selection | None = None,
 ) -> Plan:
     """Load, check and render a suite without loading any model."""
     suite = load_suite(path, model_override=model)
-    return build_plan(suite, filter_pattern=filter_pattern, limit=limit, allow_code=allow_code)
+    return build_plan(
+        suite,
+        filter_pattern=filter_pattern,
+        limit=limit,
+        allow_code=allow_code,
+        selection=selection,
+    )
 
 
 def git_state(root: Path) -> dict[str, Any] | None:
@@ -74,6 +83,23 @@ class RunResult:
     error: PromptlabError | None = None
 
 
+@dataclass(frozen=True)
+class CacheOptions:
+    use: bool = True  # --no-cache turns it off: neither read nor written
+    refresh: bool = False  # --refresh: run everything again and overwrite the cached results
+    path: Path | None = None  # --cache-db; default <project>/.promptlab/cache.sqlite
+
+
+def failing_cells(folder: Path) -> frozenset[str]:
+    """Cell ids that failed or errored in an earlier run (for --failing)."""
+    from promptlab.store import read_results  # noqa: PLC0415
+
+    rows = read_results(folder)
+    if not rows:
+        raise InputError(f"--failing {folder}: that run has no results yet")
+    return frozenset(r["cell_id"] for r in rows if r.get("status") != "pass")
+
+
 def run(
     path: Path,
     *,
@@ -84,20 +110,31 @@ def run(
     progress: Progress | None = None,
     argv: list[str] | None = None,
     allow_code: bool = False,
+    selection: Selection | None = None,
+    cache: CacheOptions | None = None,
 ) -> RunResult:
-    plan = prepare(
-        path, model=model, filter_pattern=filter_pattern, limit=limit, allow_code=allow_code
-    )
+    sel = selection or Selection(pattern=filter_pattern, limit=limit)
+    plan = prepare(path, model=model, allow_code=allow_code, selection=sel)
     if not plan.cells:
         raise InputError(
-            f"--filter {filter_pattern!r} matched none of the {plan.total_cells} cells",
-            hint="loosen the pattern",
+            f"the selection ({json.dumps(sel.describe())}) matched none of the {plan.total_cells} cells",
+            hint="loosen the filters",
         )
     suite = plan.suite
     folder = out if out is not None else default_run_dir(suite.root, suite.path)
     check_run_dir(folder)
+    cache_opts = cache or CacheOptions()
+    result_cache = _open_cache(cache_opts, suite.root)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
-    writer = RunWriter(folder)
+    try:
+        writer = RunWriter(folder)
+    except OSError as exc:
+        if result_cache is not None:
+            result_cache.close()
+        raise PromptlabError(
+            f"{folder}: cannot create the run folder: {exc.strerror or exc}",
+            hint="choose a writable folder with -o",
+        ) from None
     manifest: dict[str, Any] = {
         "promptlab_version": __version__,
         "status": "running",
@@ -115,12 +152,30 @@ def run(
         "template_sources": {p.label: p.source for p in suite.prompts},
         "files": suite.files,
         "params": plan.sampling.__dict__ | {"stop": list(plan.sampling.stop)},
+        "grid": {
+            "settings": len(suite.settings) or 1,
+            "varied": suite.varied,
+            "repeat": suite.repeat,
+        },
         "models": [],
         "selection": {
-            "filter": filter_pattern,
-            "limit": limit,
+            **sel.describe(),
             "cells": len(plan.cells),
             "cells_in_suite": plan.total_cells,
+        },
+        # What `promptlab run --resume` needs to plan the same cells again.
+        "run_args": {
+            "suite": str(suite.path.resolve()),
+            "model": model,
+            "allow_code": allow_code,
+            "selection": {
+                k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in sel.__dict__.items()
+            },
+            "cache": {
+                "use": cache_opts.use,
+                "refresh": cache_opts.refresh,
+                "path": str(cache_opts.path) if cache_opts.path else None,
+            },
         },
         "host": {
             "platform": platform.platform(),
@@ -129,6 +184,23 @@ def run(
         },
         "notes": suite.notes,
     }
+    return _execute(plan, writer, manifest, result_cache, progress, folder)
+
+
+def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
+    if not opts.use:
+        return None
+    return Cache(opts.path or default_cache_path(root), read=not opts.refresh, write=True)
+
+
+def _execute(
+    plan: Plan,
+    writer: RunWriter,
+    manifest: dict[str, Any],
+    result_cache: Cache | None,
+    progress: Progress | None,
+    folder: Path,
+) -> RunResult:
     writer.write_manifest(manifest)
 
     def on_model(record: dict[str, Any]) -> None:
@@ -138,27 +210,121 @@ def run(
     stats = Stats()
     status, error = "complete", None
     try:
-        stats = execute(plan, writer, progress or NoProgress(), on_model)
+        execute(plan, writer, progress or NoProgress(), on_model, cache=result_cache, stats=stats)
     except KeyboardInterrupt:
         status = "interrupted"
     except PromptlabError as exc:
         status, error = "failed", exc
+    except BaseException as exc:
+        # An internal error: still record the run as failed (not "complete"), so --resume works.
+        status = "failed"
+        manifest["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        raise
     finally:
         writer.close()
         manifest["status"] = status
         manifest["finished_at"] = _now()
+        # A resumed run adds this session's counts to the earlier sessions'.
+        manifest["prefix_reuse"] = _merge_counts(manifest.get("prefix_reuse"), stats.prefix_reuse())
+        if result_cache is not None:
+            session = result_cache.stats() | {"rows_from_cache": stats.cached}
+            manifest["cache"] = _merge_counts(manifest.get("cache"), session)
+            result_cache.close()
         if error is not None:
             manifest["error"] = error.one_line()
         writer.write_manifest(manifest)
     from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     reports = build_reports(folder)
-    if stats.cells == 0:
-        stats.cells = reports.totals["cells"]
-        stats.passed, stats.failed, stats.errors = (
-            reports.totals[k] for k in ("passed", "failed", "errors")
+    # The totals cover the whole run folder (a resumed run includes the earlier cells).
+    stats.cells = reports.totals["cells"]
+    stats.passed, stats.failed, stats.errors = (
+        reports.totals[k] for k in ("passed", "failed", "errors")
+    )
+    return RunResult(folder, status, stats, reports, plan.suite.notes, error)
+
+
+def _merge_counts(before: Any, now: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(before, dict):
+        return now
+    merged = dict(now)
+    for key, value in now.items():
+        old = before.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(old, int):
+            merged[key] = old + value
+    if merged.get("prompt_tokens"):
+        merged["reused_share"] = round(merged["reused"] / merged["prompt_tokens"], 4)
+    return merged
+
+
+def resume(
+    folder: Path, *, progress: Progress | None = None, argv: list[str] | None = None
+) -> RunResult:
+    """Finish an interrupted run in place: plan the same cells, skip those already stored."""
+    from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
+
+    manifest = read_manifest(folder)
+    args = manifest.get("run_args")
+    if not isinstance(args, dict):
+        raise InputError(
+            f"{folder}: this run was made by an older promptlab and cannot be resumed",
+            hint="start a new run",
         )
-    return RunResult(folder, status, stats, reports, suite.notes, error)
+    if manifest.get("status") == "complete":
+        raise InputError(
+            f"{folder}: this run is already complete",
+            hint="use `promptlab report` to rebuild its reports",
+        )
+    raw_sel = dict(args.get("selection") or {})
+    if raw_sel.get("cells") is not None:
+        raw_sel["cells"] = frozenset(raw_sel["cells"])
+    sel = Selection(**raw_sel)
+    plan = prepare(
+        Path(args["suite"]),
+        model=args.get("model"),
+        allow_code=bool(args.get("allow_code")),
+        selection=sel,
+    )
+    changed = sorted(
+        name
+        for name, digest in manifest.get("files", {}).items()
+        if plan.suite.files.get(name) != digest
+    )
+    if changed:
+        raise InputError(
+            f"{folder}: {changed[0]} changed since this run started, so resuming would mix two suites",
+            hint="start a new run (unchanged cells come from the cache)",
+        )
+    dropped = repair_results(folder)  # a half-written last line from a kill -9
+    done = {r["cell_id"] for r in read_results(folder)}
+    plan.cells = [c for c in plan.cells if c.id not in done]
+    cache_args = args.get("cache") or {}
+    cache_opts = CacheOptions(
+        use=bool(cache_args.get("use", True)),
+        refresh=bool(cache_args.get("refresh", False)),
+        path=Path(cache_args["path"]) if cache_args.get("path") else None,
+    )
+    result_cache = _open_cache(cache_opts, plan.suite.root)
+    try:
+        writer = RunWriter(folder)
+    except OSError as exc:
+        if result_cache is not None:
+            result_cache.close()
+        raise PromptlabError(
+            f"{folder}: cannot write to the run folder: {exc.strerror or exc}",
+            hint="make it writable, then resume again",
+        ) from None
+    manifest.setdefault("resumed", []).append(
+        {
+            "at": _now(),
+            "cells_done": len(done),
+            "cells_left": len(plan.cells),
+            "dropped_partial_line": dropped,
+        }
+    )
+    manifest["status"] = "running"
+    manifest["command"] = argv if argv is not None else sys.argv
+    return _execute(plan, writer, manifest, result_cache, progress, folder)
 
 
 def report(folder: Path) -> ReportFiles:
@@ -269,3 +435,34 @@ def suite_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "promptlab suite"
     return schema
+
+
+# --- tune ----------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from promptlab.tune import ProgressFn, TuneResult
+
+
+def tune(
+    model: str,
+    *,
+    prompt_tokens: int = 256,
+    gen_tokens: int = 64,
+    repeats: int = 3,
+    threads: str | None = None,
+    progress: ProgressFn | None = None,
+) -> TuneResult:
+    """Measure prompt and generation speed of `model` by thread count and batch size.
+
+    threads: comma-separated thread counts ("1,2"); default 1..usable CPUs, at most 4 values.
+    """
+    from promptlab import tune as tuning  # noqa: PLC0415 - loads a model; only for this command
+
+    return tuning.tune(
+        model,
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        repeats=repeats,
+        threads=tuning.parse_threads(threads) if threads is not None else None,
+        progress=progress,
+    )

@@ -64,6 +64,10 @@ class Cell:
     grammar: Grammar | None = None
     logprobs: int | None = None  # None: not captured; 0: chosen token only; k: top-k too
     generate: bool = True  # False when every check scores the prompt itself (choice)
+    sampling: Sampling | None = None  # this cell's generation settings (a point of the grid)
+    setting: str = ""  # the varied params of this cell, e.g. "temperature=0.7", or ""
+    repeat: int = 0  # repeat index; the seed is params.seed + repeat
+    order: int = 0  # position in suite order (prompt × test × setting × repeat), for reports
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,44 @@ class Grammar:
 
     gbnf: str
     source: str  # "response_format json_schema", "grammar file://x.gbnf", ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which cells of the suite to run (--filter, --filter-prompt, --filter-test, --limit,
+    --sample, --failing / --resume)."""
+
+    pattern: str | None = None  # prompt label, test description or vars
+    prompt: str | None = None  # prompt label
+    test: str | None = None  # test description or vars
+    limit: int | None = None  # the first N tests (after the filters)
+    sample: int | None = None  # N tests drawn at random (after the filters)
+    sample_seed: int = 0
+    cells: frozenset[str] | None = None  # only these cell ids
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            k: v
+            for k, v in self.__dict__.items()
+            if v is not None and k not in ("cells", "sample_seed")
+        }
+        if self.sample is not None:
+            out["sample_seed"] = self.sample_seed
+        if self.cells is not None:
+            out["cells"] = len(self.cells)
+        return out
+
+
+def _regex(pattern: str | None, flag: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise InputError(
+            f"{flag}: invalid regex {pattern!r}: {exc}",
+            hint="fix the pattern (a Python regular expression)",
+        ) from None
 
 
 @dataclass
@@ -134,6 +176,7 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
         n_threads_batch=spec.n_threads_batch or spec.n_threads or threads,
         flash_attn=spec.flash_attn,
         seed=seed,
+        prefix_chunk=spec.prefix_chunk,
     )
     if gguf is not None and gguf.n_ctx_train and spec.n_ctx > gguf.n_ctx_train:
         suite.notes.append(
@@ -142,15 +185,55 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
     return PlannedModel(m.label, spec.path, path, gguf, chat, settings, m.where)
 
 
-def _cell_id(prompt: PromptDef, test: TestDef, model: PlannedModel) -> str:
-    # Identity of a cell across runs: which prompt, which test, which model; not the content,
-    # so a changed template shows up as a changed output of the same cell.
+def _cell_id(
+    prompt: PromptDef, test: TestDef, model: PlannedModel, setting: str = "", repeat: int = 0
+) -> str:
+    # Identity of a cell across runs: which prompt, test, model, grid point and repeat; not the
+    # content, so a changed template shows up as a changed output of the same cell.
     key = json.dumps(
-        [prompt.label, test.index, test.description, test.vars, model.label],
+        [prompt.label, test.index, test.description, test.vars, model.label, setting, repeat],
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _sampling(p: Any, repeat: int) -> Sampling:
+    return Sampling(
+        p.temperature,
+        p.top_p,
+        p.top_k,
+        p.min_p,
+        p.max_tokens,
+        tuple(p.stop),
+        p.seed + repeat,
+        p.repeat_penalty,
+    )
+
+
+def _setting_label(p: Any, varied: list[str]) -> str:
+    return ", ".join(f"{k}={json.dumps(getattr(p, k), ensure_ascii=False)}" for k in varied)
+
+
+def schedule(cells: list[Cell]) -> list[Cell]:
+    """Run order: each model once, and within a model, cells sharing a token prefix back to back.
+
+    Sorting by the exact text puts every cell right after the one it shares the longest prefix
+    with, so llama.cpp's single-slot KV reuse serves each shared system prompt or few-shot block
+    once per group instead of once per cell. (Explicit state save/restore would only help
+    groups that sorting cannot make adjacent; there are none once the order is free.)
+    """
+    model_rank = {id(c.model): i for i, c in reversed(list(enumerate(cells)))}
+    return sorted(
+        cells,
+        key=lambda c: (
+            model_rank[id(c.model)],
+            c.text,
+            c.grammar.gbnf if c.grammar else "",
+            c.setting,
+            c.repeat,
+        ),
+    )
 
 
 def _render_value(suite: LoadedSuite, value: Any, variables: dict[str, Any], where: str) -> Any:
@@ -274,34 +357,24 @@ def build_plan(
     filter_pattern: str | None = None,
     limit: int | None = None,
     allow_code: bool = False,
+    selection: Selection | None = None,
 ) -> Plan:
+    sel = selection or Selection(pattern=filter_pattern, limit=limit)
     p = suite.params
-    sampling = Sampling(
-        p.temperature,
-        p.top_p,
-        p.top_k,
-        p.min_p,
-        p.max_tokens,
-        tuple(p.stop),
-        p.seed,
-        p.repeat_penalty,
-    )
+    sampling = _sampling(p, 0)
+    settings = suite.settings or [p]
     models = [_plan_model(suite, m, p.seed) for m in suite.models]
-    matcher = None
-    if filter_pattern:
-        try:
-            matcher = re.compile(filter_pattern, re.IGNORECASE)
-        except re.error as exc:
-            raise InputError(
-                f"--filter: invalid regex {filter_pattern!r}: {exc}",
-                hint="fix the pattern (a Python regular expression)",
-            ) from None
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
+    matcher = _regex(sel.pattern, "--filter")
+    prompt_rx = _regex(sel.prompt, "--filter-prompt")
+    test_rx = _regex(sel.test, "--filter-test")
+    for flag, n in (("--limit", sel.limit), ("--sample", sel.sample)):
+        if n is not None and n < 1:
+            raise InputError(f"{flag} must be at least 1, got {n}")
 
     cells: list[Cell] = []
     total = 0
     kept_tests: list[int] = []
+    sampled: set[int] | None = None
     rendered: dict[tuple[int, int], tuple[list[Message], bool]] = {}
     checks: dict[int, list[assertions.Check]] = {}
     test_transforms: dict[int, transforms.Transform | None] = {}
@@ -335,19 +408,44 @@ def build_plan(
         or _grammar(p, str(suite.path), suite.path.parent)
         for pi, prompt in enumerate(suite.prompts)
     }
+    if sel.sample is not None:
+        import random  # noqa: PLC0415
+
+        def matches(t: TestDef) -> bool:
+            test_hay = " ".join([t.name, *(str(v) for v in t.vars.values())])
+            return test_rx is None or test_rx.search(test_hay) is not None
+
+        eligible = [t.index for t in suite.tests if matches(t)]
+        sampled = set(
+            random.Random(sel.sample_seed).sample(eligible, min(sel.sample, len(eligible)))
+        )
+    order = 0
     for model in models:
         for test in suite.tests:
+            test_hay = " ".join([test.name, *(str(v) for v in test.vars.values())])
+            test_checks = checks[test.index]
+            leaves = [c for check in test_checks for c in check.walk() if not c.children]
+            needs_logprobs = any(c.base in assertions.NEEDS_LOGPROBS for c in leaves)
+            generate = not leaves or any(c.base not in assertions.NO_OUTPUT for c in leaves)
+            # A choice-only cell does not sample: one cell per test, whatever the grid.
+            points = (
+                [(s, r) for s in settings for r in range(suite.repeat)] if generate else [(p, 0)]
+            )
             for pi, prompt in enumerate(suite.prompts):
-                total += 1
+                total += len(points)
                 if (pi, test.index) not in rendered:
                     rendered[(pi, test.index)] = _render_messages(suite, prompt, test)
                 messages, had_roles = rendered[(pi, test.index)]
-                if matcher is not None:
-                    hay = " ".join([prompt.label, test.name, *(str(v) for v in test.vars.values())])
-                    if not matcher.search(hay):
-                        continue
-                if limit is not None and test.index not in kept_tests:
-                    if len(kept_tests) >= limit:
+                if matcher is not None and not matcher.search(f"{prompt.label} {test_hay}"):
+                    continue
+                if prompt_rx is not None and not prompt_rx.search(prompt.label):
+                    continue
+                if test_rx is not None and not test_rx.search(test_hay):
+                    continue
+                if sampled is not None and test.index not in sampled:
+                    continue
+                if sel.limit is not None and test.index not in kept_tests:
+                    if len(kept_tests) >= sel.limit:
                         continue
                     kept_tests.append(test.index)
                 where = f"prompt '{prompt.label}' × model '{model.label}'"
@@ -363,30 +461,36 @@ def build_plan(
                         )
                     text = messages[0].content
                     chat_applied, add_bos = False, True  # llama.cpp adds BOS iff the GGUF says so
-                test_checks = checks[test.index]
-                leaves = [c for check in test_checks for c in check.walk() if not c.children]
-                needs_logprobs = any(c.base in assertions.NEEDS_LOGPROBS for c in leaves)
-                cells.append(
-                    Cell(
-                        _cell_id(prompt, test, model),
-                        prompt,
-                        test,
-                        model,
-                        messages,
-                        chat_applied,
-                        text,
-                        add_bos,
-                        test_checks,
-                        threshold=test.threshold,
-                        transform=test_transforms[test.index],
-                        grammar=grammars[pi],
-                        logprobs=p.logprobs
-                        if p.logprobs is not None
-                        else (0 if needs_logprobs else None),
-                        generate=not leaves
-                        or any(c.base not in assertions.NO_OUTPUT for c in leaves),
+                for setting_params, repeat in points:
+                    setting = _setting_label(setting_params, suite.varied) if generate else ""
+                    cell_id = _cell_id(prompt, test, model, setting, repeat)
+                    order += 1
+                    if sel.cells is not None and cell_id not in sel.cells:
+                        continue
+                    cells.append(
+                        Cell(
+                            cell_id,
+                            prompt,
+                            test,
+                            model,
+                            messages,
+                            chat_applied,
+                            text,
+                            add_bos,
+                            test_checks,
+                            threshold=test.threshold,
+                            transform=test_transforms[test.index],
+                            grammar=grammars[pi],
+                            logprobs=setting_params.logprobs
+                            if setting_params.logprobs is not None
+                            else (0 if needs_logprobs else None),
+                            generate=generate,
+                            sampling=_sampling(setting_params, repeat),
+                            setting=setting,
+                            repeat=repeat,
+                            order=order,
+                        )
                     )
-                )
     return Plan(suite, models, cells, sampling, total, aux)
 
 

@@ -65,6 +65,9 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "prompt": row["prompt"],
             "test_index": row["test_index"],
             "test": row["test"],
+            "setting": row.get("setting") or "",
+            "repeat": row.get("repeat", 0),
+            "seed": row.get("seed", (row.get("params") or {}).get("seed")),
         }
         for name in var_names:
             rec[f"var_{name}"] = _text(row.get("vars", {}).get(name))
@@ -89,6 +92,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "tokens_per_s": row.get("tokens_per_s"),
                 "prompt_eval_tokens": row.get("prompt_eval_tokens"),
                 "finish_reason": row.get("finish_reason"),
+                "cached": bool(row.get("cached")),
                 "prompt_source": row.get("prompt_source"),
             }
         )
@@ -99,7 +103,17 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         for name in PARAM_COLUMNS:
             rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
-    head = ["cell_id", "model", "prompt", "test_index", "test", *(f"var_{v}" for v in var_names)]
+    head = [
+        "cell_id",
+        "model",
+        "prompt",
+        "setting",
+        "test_index",
+        "test",
+        "repeat",
+        "seed",
+        *(f"var_{v}" for v in var_names),
+    ]
     tail = [
         "status",
         "pass",
@@ -115,6 +129,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "tokens_per_s",
         "prompt_eval_tokens",
         "finish_reason",
+        "cached",
         "prompt_source",
         *(f"metric_{m}" for m in metric_names),
         "grammar",
@@ -133,6 +148,7 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     columns = [
         "model",
         "prompt",
+        "setting",
         "cells",
         "passed",
         "failed",
@@ -146,7 +162,7 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         empty: pd.DataFrame = pd.DataFrame(columns=columns)
         return empty
-    grouped = df.groupby(["model", "prompt"], sort=False)
+    grouped = df.groupby(["model", "prompt", "setting"], sort=False)
     out = grouped.agg(
         cells=("status", "size"),
         passed=("status", lambda s: int((s == "pass").sum())),
@@ -173,7 +189,8 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def build_reports(folder: Path) -> ReportFiles:
     manifest = read_manifest(folder)
-    rows = read_results(folder)
+    # Rows are stored in run order (prefix-aware, resumable); reports follow the suite's order.
+    rows = sorted(read_results(folder), key=lambda r: r.get("order", 0))
     df = results_frame(rows)
     summary = summary_frame(df)
     results_csv, summary_csv, page = (
@@ -286,7 +303,7 @@ def _summary_html(summary: pd.DataFrame) -> str:
         tps = rec["mean_tokens_per_s"]
         score = rec.get("mean_score")
         out.append(
-            f"<tr><td>{_e(rec['model'])}</td><td>{_e(rec['prompt'])}</td>"
+            f"<tr><td>{_e(rec['model'])}</td><td>{_e(_variant({str(k): v for k, v in rec.items()}))}</td>"
             f'<td class="num"><span class="bar" style="width:{rate * 80:.0f}px"></span>{rate:.0%}</td>'
             f'<td class="num">{"" if score is None or pd.isna(score) else f"{score:.3f}"}</td>'
             f'<td class="num">{rec["passed"]}</td><td class="num">{rec["failed"]}</td><td class="num">{rec["errors"]}</td>'
@@ -302,18 +319,30 @@ def _summary_html(summary: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def _grid_html(rows: list[dict[str, Any]]) -> str:
+def _variant(row: dict[str, Any]) -> str:
+    """A report column: the prompt, plus its grid point when params: has lists."""
+    setting = row.get("setting") or ""
+    return f"{row['prompt']} [{setting}]" if setting else str(row["prompt"])
+
+
+def _grid_html(rows: list[dict[str, Any]], prompt_order: list[str]) -> str:
     out = []
     models = list(dict.fromkeys(r["model"] for r in rows))
     for model in models:
         mine = [r for r in rows if r["model"] == model]
-        prompts = list(dict.fromkeys(r["prompt"] for r in mine))
+        # Every prompt of the suite gets a column, so an interrupted run shows what did not run.
+        seen = list(dict.fromkeys(_variant(r) for r in mine))
+        variants = seen + [p for p in prompt_order if p not in {r["prompt"] for r in mine}]
+        rank = {p: i for i, p in enumerate(prompt_order)}
+        variants.sort(key=lambda v: rank.get(v.split(" [", 1)[0], len(rank)))
         tests: dict[int, dict[str, Any]] = {}
         for r in mine:
             tests.setdefault(r["test_index"], r)
-        by_key = {(r["test_index"], r["prompt"]): r for r in mine}
+        by_key: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for r in mine:
+            by_key.setdefault((r["test_index"], _variant(r)), []).append(r)
         out.append(f'<h2>Outputs · model {_e(model)}</h2><table class="grid"><tr><th>test</th>')
-        out += [f"<th>{_e(p)}</th>" for p in prompts]
+        out += [f"<th>{_e(v)}</th>" for v in variants]
         out.append("</tr>")
         for index, first in sorted(tests.items()):
             vars_html = "".join(
@@ -322,10 +351,24 @@ def _grid_html(rows: list[dict[str, Any]]) -> str:
             out.append(
                 f'<tr><td><b>{_e(first["test"])}</b><div class="muted">{vars_html}</div></td>'
             )
-            out += [_cell_html(by_key.get((index, p))) for p in prompts]
+            out += [_repeats_html(by_key.get((index, v), [])) for v in variants]
             out.append("</tr>")
         out.append("</table>")
     return "".join(out)
+
+
+def _repeats_html(rows: list[dict[str, Any]]) -> str:
+    """One grid cell: the first repeat in full, and how many of the repeats passed."""
+    if not rows:
+        return _cell_html(None)
+    rows = sorted(rows, key=lambda r: r.get("repeat", 0))
+    html = _cell_html(rows[0])
+    if len(rows) > 1:
+        passed = sum(r["status"] == "pass" for r in rows)
+        seeds = ", ".join(str(r.get("seed")) for r in rows)
+        note = f'<div class="muted">{passed}/{len(rows)} repeats passed (seeds {_e(seeds)})</div>'
+        html = html.replace("</td>", note + "</td>", 1) if html.endswith("</td>") else html
+    return html
 
 
 def _footer_html(manifest: dict[str, Any]) -> str:
@@ -375,5 +418,5 @@ def render_html(manifest: dict[str, Any], rows: list[dict[str, Any]], summary: p
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{_e(title)} · promptlab</title><style>{_CSS}</style></head><body>"
         f'<h1>{_e(title)}</h1><div class="muted">{_e(suite.get("path"))} · {passed}/{total} cells passed{note}</div>'
-        f"<h2>Summary</h2>{_summary_html(summary)}{_grid_html(rows)}{_footer_html(manifest)}</body></html>\n"
+        f"<h2>Summary</h2>{_summary_html(summary)}{_grid_html(rows, list(manifest.get('templates', {})))}{_footer_html(manifest)}</body></html>\n"
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from promptlab import assertions
@@ -16,12 +18,14 @@ from promptlab.backends import (
     Generation,
     LoadSettings,
     Sampling,
+    TokenLogprob,
     json_schema_to_grammar,
     open_backend,
 )
+from promptlab.cache import Cache, engine_id, make_key
 from promptlab.errors import InputError
 from promptlab.models import describe
-from promptlab.plan import Cell, Plan, PlannedModel
+from promptlab.plan import Cell, Plan, PlannedModel, schedule
 from promptlab.store import RunWriter
 from promptlab.templates import Message
 
@@ -56,6 +60,11 @@ class Stats:
     passed: int = 0
     failed: int = 0
     errors: int = 0
+    cached: int = 0
+    # Prompt tokens of the generations this run actually ran, and how many of them llama.cpp
+    # had to evaluate (the rest came from the KV cache of the previous, prefix-sharing cell).
+    prompt_tokens: int = 0
+    prompt_eval_tokens: int = 0
     models: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, row: dict[str, Any]) -> None:
@@ -66,6 +75,20 @@ class Stats:
             self.failed += 1
         else:
             self.errors += 1
+        if row.get("cached"):
+            self.cached += 1
+        elif row.get("prompt_tokens") is not None and row.get("prompt_eval_tokens") is not None:
+            self.prompt_tokens += row["prompt_tokens"]
+            self.prompt_eval_tokens += row["prompt_eval_tokens"]
+
+    def prefix_reuse(self) -> dict[str, Any]:
+        reused = self.prompt_tokens - self.prompt_eval_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "evaluated": self.prompt_eval_tokens,
+            "reused": reused,
+            "reused_share": round(reused / self.prompt_tokens, 4) if self.prompt_tokens else 0.0,
+        }
 
 
 def model_record(model: PlannedModel) -> dict[str, Any]:
@@ -80,74 +103,210 @@ def model_record(model: PlannedModel) -> dict[str, Any]:
     return record
 
 
+class ModelHandle:
+    """A model that loads on first use: a rerun served from the cache never loads it."""
+
+    def __init__(
+        self,
+        model: PlannedModel,
+        opener: Opener,
+        *,
+        embedding: bool = False,
+        before_load: Callable[[], None] | None = None,
+        after_load: Callable[[Backend, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.opener = opener
+        self.embedding = embedding
+        self.before_load = before_load
+        self.after_load = after_load
+        self._backend: Backend | None = None
+        self._identity: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def get(self) -> Backend:
+        if self._backend is None:
+            if self.before_load:
+                self.before_load()
+            t0 = time.perf_counter()
+            self._backend = self.opener(self.model.path, self.model.settings, self.embedding)
+            if self.after_load:
+                self.after_load(self._backend, (time.perf_counter() - t0) * 1000)
+        return self._backend
+
+    def identity(self) -> dict[str, Any]:
+        """What the cache keys on for this model: file and build, and the load settings."""
+        if self._identity is None:
+            path = self.model.path
+            if isinstance(path, str):  # fake:// models
+                self._identity = path
+            else:
+                self._identity = f"{describe_sha(path)}|{engine_id()}"
+        return {
+            "model": self._identity,
+            "load": self.model.settings.as_dict(),
+            "embedding": self.embedding,
+        }
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def describe_sha(path: Path) -> str:
+    from promptlab.models import file_sha256  # noqa: PLC0415
+
+    return file_sha256(path)
+
+
+def _gen_to_json(gen: Generation, latency_ms: float) -> dict[str, Any]:
+    data = asdict(gen)
+    data["latency_ms"] = latency_ms
+    return data
+
+
+def _gen_from_json(data: dict[str, Any]) -> tuple[Generation, float]:
+    data = dict(data)
+    latency = float(data.pop("latency_ms", 0.0))
+    tokens = data.pop("tokens", None)
+    gen = Generation(**data)
+    if tokens is not None:
+        gen.tokens = [
+            TokenLogprob(t["text"], t["logprob"], tuple((a, lp) for a, lp in t["top"]))
+            for t in tokens
+        ]
+    return gen, latency
+
+
+def generate_cached(
+    cache: Cache | None,
+    handle: ModelHandle,
+    text: str,
+    add_bos: bool,
+    sampling: Sampling,
+    grammar: str | None,
+    logprobs: int | None,
+) -> tuple[Generation, float, bool]:
+    """(generation, latency ms, served from the cache). CellError propagates and is not cached."""
+    key = None
+    if cache is not None:
+        key = make_key(
+            kind="generate",
+            **handle.identity(),
+            text=text,
+            add_bos=add_bos,
+            sampling=asdict(sampling),
+            grammar=grammar,
+            logprobs=logprobs,
+        )
+        hit = cache.get("generate", key)
+        if hit is not None:
+            try:
+                gen, latency = _gen_from_json(hit)
+            except (TypeError, KeyError, ValueError, AttributeError):
+                pass  # an entry of the wrong shape (another version?) is a miss: regenerate
+            else:
+                return gen, latency, True
+    backend = handle.get()
+    start = time.perf_counter()
+    gen = backend.generate(text, add_bos, sampling, grammar=grammar, logprobs=logprobs)
+    latency = (time.perf_counter() - start) * 1000
+    if cache is not None and key is not None:
+        cache.put("generate", key, _gen_to_json(gen, latency))
+    return gen, latency, False
+
+
 class RunServices:
     """Model access for checks (assertions.Services): choices, judges and embeddings.
 
     Judge and embedding models named by `provider:` are opened on first use and stay resident
     until the run ends; without a provider, checks use the model under test (its embedding-mode
-    twin for embeddings).
+    twin for embeddings). Every answer goes through the result cache.
     """
 
     def __init__(
-        self, plan: Plan, opener: Opener, on_model: Callable[[dict[str, Any]], None]
+        self,
+        plan: Plan,
+        opener: Opener,
+        on_model: Callable[[dict[str, Any]], None],
+        cache: Cache | None = None,
     ) -> None:
         self.plan = plan
         self.opener = opener
         self.on_model = on_model
-        self.backend: Backend | None = None
-        self.model: PlannedModel | None = None
-        self._aux: dict[tuple[str, bool], Backend] = {}
+        self.cache = cache
+        self.handle: ModelHandle | None = None
+        self._aux: dict[tuple[str, bool], ModelHandle] = {}
         self._judge_grammar: str | None = None
         self.judge_sampling = Sampling(0.0, 0.95, 40, 0.05, 320, (), plan.sampling.seed, 1.0)
 
-    def use(self, model: PlannedModel, backend: Backend) -> None:
-        self.model, self.backend = model, backend
+    def use(self, handle: ModelHandle) -> None:
+        self.handle = handle
 
     def _resolve(self, provider: str | None) -> PlannedModel:
         if provider is None:
-            assert self.model is not None
-            return self.model
+            assert self.handle is not None
+            return self.handle.model
         return self.plan.aux_models[provider]
 
-    def _open(self, model: PlannedModel, embedding: bool, role: str) -> Backend:
+    def _handle(self, model: PlannedModel, embedding: bool, role: str) -> ModelHandle:
+        if not embedding and self.handle is not None and model.path == self.handle.model.path:
+            return self.handle  # judging with the model under test: reuse the loaded one
         key = (str(model.path), embedding)
-        if key in self._aux:
-            return self._aux[key]
-        if (
-            not embedding
-            and self.model is not None
-            and model.path == self.model.path
-            and self.backend is not None
-        ):
-            return self.backend  # judging with the model under test: reuse the loaded one
-        t0 = time.perf_counter()
-        backend = self.opener(model.path, model.settings, embedding)
-        record = model_record(model)
-        record["role"] = role
-        record["load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        record["runtime"] = {"backend": backend.info.backend, **backend.info.facts}
-        self.on_model(record)
-        self._aux[key] = backend
-        return backend
+        if key not in self._aux:
+
+            def loaded(backend: Backend, load_ms: float) -> None:
+                record = model_record(model)
+                record["role"] = role
+                record["load_ms"] = round(load_ms, 1)
+                record["runtime"] = {"backend": backend.info.backend, **backend.info.facts}
+                self.on_model(record)
+
+            self._aux[key] = ModelHandle(model, self.opener, embedding=embedding, after_load=loaded)
+        return self._aux[key]
 
     def choices(self, context: str, add_bos: bool, choices: Sequence[str]) -> list[ChoiceScore]:
-        assert self.backend is not None
+        assert self.handle is not None
+        key = None
+        if self.cache is not None:
+            key = make_key(
+                kind="choices",
+                **self.handle.identity(),
+                text=context,
+                add_bos=add_bos,
+                choices=list(choices),
+            )
+            hit = self.cache.get("choices", key)
+            if hit is not None:
+                try:
+                    return [ChoiceScore(**c) for c in hit]
+                except (TypeError, KeyError):
+                    pass  # wrong shape: a miss
         # A fresh context per cell: on Gemma3 (CPU) logits vary with how a sequence was split
         # into decode calls (up to 0.28 nats measured), so reusing the previous cell's prefix
         # would make scores depend on cell order and --filter. The context is still evaluated
         # once for all of a cell's choices.
-        return self.backend.score_choices(context, add_bos, choices, reuse_prefix=False)
+        scores = self.handle.get().score_choices(context, add_bos, choices, reuse_prefix=False)
+        if self.cache is not None and key is not None:
+            self.cache.put("choices", key, [asdict(c) for c in scores])
+        return scores
 
     def judge(self, provider: str | None, messages: Sequence[Message]) -> dict[str, Any]:
         model = self._resolve(provider)
-        backend = self._open(model, embedding=False, role="judge")
+        handle = self._handle(model, embedding=False, role="judge")
         if self._judge_grammar is None:
             self._judge_grammar = json_schema_to_grammar(assertions.JUDGE_SCHEMA, "judge verdict")
         if model.chat is not None:
             text, add_bos = model.chat.apply(messages, f"judge {model.label}"), False
         else:  # a base model: the turns as plain text
             text, add_bos = "\n\n".join(m.content for m in messages) + "\n\n", True
-        gen = backend.generate(text, add_bos, self.judge_sampling, grammar=self._judge_grammar)
+        gen, _latency, _cached = generate_cached(
+            self.cache, handle, text, add_bos, self.judge_sampling, self._judge_grammar, None
+        )
         try:
             verdict = json.loads(gen.text)
         except ValueError:
@@ -160,12 +319,28 @@ class RunServices:
 
     def embed(self, provider: str | None, texts: Sequence[str]) -> list[list[float]]:
         model = self._resolve(provider)
-        return self._open(model, embedding=True, role="embedding").embed(texts)
+        handle = self._handle(model, embedding=True, role="embedding")
+        out: list[list[float] | None] = [None] * len(texts)
+        keys = []
+        for i, text in enumerate(texts):
+            key = make_key(kind="embed", **handle.identity(), text=text) if self.cache else ""
+            keys.append(key)
+            if self.cache is not None:
+                hit = self.cache.get("embed", key)
+                if isinstance(hit, list) and all(isinstance(x, (int, float)) for x in hit):
+                    out[i] = [float(x) for x in hit]
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            vectors = handle.get().embed([texts[i] for i in missing])
+            for i, vector in zip(missing, vectors, strict=True):
+                out[i] = vector
+                if self.cache is not None:
+                    self.cache.put("embed", keys[i], vector)
+        return [v for v in out if v is not None]
 
     def close(self) -> None:
-        for backend in self._aux.values():
-            if backend is not self.backend:
-                backend.close()
+        for handle in self._aux.values():
+            handle.close()
         self._aux.clear()
 
 
@@ -247,6 +422,7 @@ def make_row(
     wall_tps = gen.completion_tokens / (latency_ms / 1000) if gen and latency_ms > 0 else None
     return {
         "cell_id": cell.id,
+        "order": cell.order,  # suite order; rows are written in run order
         "model": cell.model.label,
         "prompt": cell.prompt.label,
         "prompt_source": cell.prompt.source,
@@ -274,7 +450,10 @@ def make_row(
         "grammar": cell.grammar.source if cell.grammar else None,
         "logprobs": compact_logprobs(gen),
         "metadata": cell.test.metadata,
-        "params": asdict(plan.sampling),
+        "params": asdict(cell.sampling or plan.sampling),
+        "setting": cell.setting,
+        "repeat": cell.repeat,
+        "seed": (cell.sampling or plan.sampling).seed,
     }
 
 
@@ -299,9 +478,14 @@ def execute(
     progress: Progress,
     on_model: Callable[[dict[str, Any]], None],
     opener: Opener | None = None,
+    cache: Cache | None = None,
+    stats: Stats | None = None,
 ) -> Stats:
-    """Run every cell. KeyboardInterrupt propagates after the current cell; rows so far are on disk."""
-    stats = Stats()
+    """Run every cell. KeyboardInterrupt propagates after the current cell; rows so far are on disk.
+
+    `stats` is filled in place, so a caller keeps the counts even when the run is interrupted.
+    """
+    stats = stats if stats is not None else Stats()
     open_model: Opener = opener or (
         lambda path, settings, embedding: open_backend(path, settings, embedding=embedding)
     )
@@ -310,55 +494,79 @@ def execute(
         stats.models.append(record)
         on_model(record)
 
-    services = RunServices(plan, open_model, remember)
+    services = RunServices(plan, open_model, remember, cache)
     progress.start(len(plan.cells))
     try:
         for model in plan.models:
-            cells = [c for c in plan.cells if c.model is model]
+            cells = schedule([c for c in plan.cells if c.model is model])
             if not cells:
                 continue
             record = model_record(model)
             record["role"] = "under test"
-            progress.model_loading(model.label)
-            t0 = time.perf_counter()
-            backend = open_model(model.path, model.settings, False)
-            try:
-                record["load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+
+            def loaded(
+                backend: Backend,
+                load_ms: float,
+                record: dict[str, Any] = record,
+                cells: list[Cell] = cells,
+            ) -> None:
+                record["load_ms"] = round(load_ms, 1)
                 record["runtime"] = {"backend": backend.info.backend, **backend.info.facts}
                 remember(record)
-                progress.model_loaded(model.label, record)
+                progress.model_loaded(record["label"], record)
                 _check_grammars(backend, cells)
-                services.use(model, backend)
+
+            handle = ModelHandle(
+                model,
+                open_model,
+                before_load=functools.partial(progress.model_loading, model.label),
+                after_load=loaded,
+            )
+            services.use(handle)
+            try:
                 for cell in cells:
-                    row = _run_cell(cell, plan, backend, services)
+                    row = _run_cell(cell, plan, handle, services, cache)
                     writer.append(row)
                     stats.add(row)
                     progress.cell_done(row)
             finally:
-                backend.close()
+                handle.close()
+            if not handle.loaded and record not in stats.models:
+                record["loaded"] = False  # every cell came from the cache
+                remember(record)
     finally:
         services.close()
     return stats
 
 
-def _run_cell(cell: Cell, plan: Plan, backend: Backend, services: RunServices) -> dict[str, Any]:
+def _run_cell(
+    cell: Cell, plan: Plan, handle: ModelHandle, services: RunServices, cache: Cache | None
+) -> dict[str, Any]:
     gen: Generation | None = None
     error: str | None = None
-    start = time.perf_counter()
+    cached = False
     if cell.generate:
+        start = time.perf_counter()
         try:
-            gen = backend.generate(
+            gen, latency_ms, cached = generate_cached(
+                cache,
+                handle,
                 cell.text,
                 cell.add_bos,
-                plan.sampling,
-                grammar=cell.grammar.gbnf if cell.grammar else None,
-                logprobs=cell.logprobs,
+                cell.sampling or plan.sampling,
+                cell.grammar.gbnf if cell.grammar else None,
+                cell.logprobs,
             )
         except CellError as exc:
             error = exc.one_line()
-        latency_ms = (time.perf_counter() - start) * 1000
-        return make_row(cell, plan, gen, latency_ms, error, services)
-    # Scored from the prompt alone (choice): the time is the scoring's own.
-    row = make_row(cell, plan, None, 0.0, None, services)
-    row["latency_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            latency_ms = (time.perf_counter() - start) * 1000
+        row = make_row(cell, plan, gen, latency_ms, error, services)
+    else:
+        # Scored from the prompt alone (choice): the time is the scoring's own.
+        start = time.perf_counter()
+        hits = cache.hits if cache is not None else 0
+        row = make_row(cell, plan, None, 0.0, None, services)
+        row["latency_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        cached = cache is not None and cache.hits > hits
+    row["cached"] = cached
     return row

@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -309,6 +310,12 @@ class ModelSpec(Strict):
     flash_attn: bool = Field(
         default=False, description="llama.cpp flash attention (changes logits slightly)"
     )
+    prefix_chunk: int = Field(
+        default=128,
+        ge=8,
+        le=4096,
+        description="Prompts are decoded in chunks aligned to multiples of min(prefix_chunk, n_batch) tokens, and a cached prefix is reused in whole chunks only, so results never depend on what ran before. Smaller reuses more of a shared prefix; larger decodes a new prompt a little faster",
+    )
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ModelSpec:
@@ -365,6 +372,58 @@ class Params(Constraint):
         return value
 
 
+GRIDABLE = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "seed",
+    "repeat_penalty",
+    "stop",
+)
+
+
+def _grid_field(name: str, field_info: Any) -> Any:
+    # Keep each setting's own bounds (ge/le) on every element of a list, for editors too.
+    args = (field_info.annotation, *field_info.metadata)
+    base: Any = Annotated[args] if field_info.metadata else field_info.annotation
+    kind: Any = base | list[base] if name in GRIDABLE else base
+    default = None if name == "stop" else field_info.default
+    return (kind, Field(default=default, description=field_info.description))
+
+
+# What editors see for `params:`: each gridable setting as a value or a list of values.
+ParamsGrid = create_model(
+    "ParamsGrid",
+    __config__=ConfigDict(extra="forbid"),
+    **{name: _grid_field(name, f) for name, f in Params.model_fields.items()},
+)
+
+
+def expand_params(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """`params:` with lists → every combination (a grid), and the keys that vary.
+
+    `stop` is already a list: a list of strings is one setting, a list of lists a grid.
+    """
+    axes: list[tuple[str, list[Any]]] = []
+    for key in GRIDABLE:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "stop":
+            is_grid = isinstance(value, list) and value and all(isinstance(v, list) for v in value)
+        else:
+            is_grid = isinstance(value, list)
+        if is_grid:
+            axes.append((key, list(value)))
+    fixed = {k: v for k, v in raw.items() if k not in dict(axes)}
+    combos = [dict(fixed)]
+    for key, values in axes:
+        combos = [{**c, key: v} for c in combos for v in values]
+    return combos, [key for key, values in axes if len(values) > 1]
+
+
 class Suite(Strict):
     """An eval suite file (evals/*.yaml)."""
 
@@ -407,7 +466,14 @@ class Suite(Strict):
         ]
         | None
     ) = Field(default=None, description="Local models; default: the bundled smollm2")
-    params: Params = Field(default_factory=Params)
+    params: Annotated[
+        dict[str, Any],
+        BeforeValidator(lambda v: {} if v is None else v, json_schema_input_type=ParamsGrid),
+        Field(description="Generation settings; a list of values for a setting makes a grid"),
+    ] = Field(default_factory=dict)
+    repeat: int = Field(
+        default=1, ge=1, le=1000, description="Run each cell N times, with seeds seed, seed+1, …"
+    )
     allow_code: bool = Field(
         default=False,
         description="Allow python checks and Python transforms from this project (or --allow-code)",
@@ -501,11 +567,14 @@ class LoadedSuite:
     prompts: list[PromptDef]
     tests: list[TestDef]
     models: list[ModelDef]
-    params: Params
+    params: Params  # the first setting (the only one without a grid)
     env: TemplateEnv
     notes: list[str]
     files: dict[str, str]  # project-relative path -> sha256 of every file the suite read
     allow_code: bool = False
+    settings: list[Params] = field(default_factory=list)  # every combination of params:
+    varied: list[str] = field(default_factory=list)  # the params keys that take several values
+    repeat: int = 1
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
@@ -1411,13 +1480,16 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
     except ValidationError as exc:
         raise validation_error(exc, doc, path) from None
     notes = []
-    repeat = (suite.evaluateOptions or {}).get("repeat")
-    if repeat not in (None, 1):
-        raise InputError(
-            f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: evaluateOptions.repeat: "
-            "promptlab runs each cell once (temperature 0 makes it deterministic)",
-            hint="remove repeat; to sample, raise params.temperature and run again",
-        )
+    repeat = suite.repeat
+    pf_repeat = (suite.evaluateOptions or {}).get("repeat")
+    if pf_repeat is not None:  # promptfoo's spelling of the same thing
+        if not isinstance(pf_repeat, int) or isinstance(pf_repeat, bool) or pf_repeat < 1:
+            raise InputError(
+                f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: evaluateOptions.repeat "
+                f"must be a whole number >= 1, got {pf_repeat!r}"
+            )
+        repeat = max(repeat, pf_repeat)
+    settings, varied = _settings(suite.params, doc, path)
     ignored = [key for key in _IGNORED_TOP if getattr(suite, key) is not None]
     if ignored:
         line = min((doc.line_of((key,)) or 0) for key in ignored) or None
@@ -1451,10 +1523,11 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
                 f"{noun} {names} instead (--model picks another)",
             )
     for m in models:
-        if suite.params.max_tokens >= m.spec.n_ctx:
+        longest = max(p.max_tokens for p in settings)
+        if longest >= m.spec.n_ctx:
             raise InputError(
                 f"{location(path, doc.line_of(('params', 'max_tokens')))}: params.max_tokens "
-                f"({suite.params.max_tokens}) must be smaller than n_ctx ({m.spec.n_ctx}) of "
+                f"({longest}) must be smaller than n_ctx ({m.spec.n_ctx}) of "
                 f"model '{m.label}'",
                 hint="lower max_tokens or raise n_ctx",
             )
@@ -1466,12 +1539,36 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         prompts=prompts,
         tests=tests,
         models=models,
-        params=suite.params,
+        params=settings[0],
+        settings=settings,
+        varied=varied,
+        repeat=repeat,
         env=loader.env,
         notes=notes + loader.notes + loader.ignored_notes(),
         files=loader.files,
         allow_code=suite.allow_code,
     )
+
+
+def _settings(raw: dict[str, Any], doc: YamlDoc, path: Path) -> tuple[list[Params], list[str]]:
+    for key, value in raw.items():
+        if key in GRIDABLE and isinstance(value, list) and not value:
+            raise InputError(
+                f"{location(path, doc.line_of(('params', key)))}: params.{key} is an empty list",
+                hint="give one value, or a list of values to compare",
+            )
+    try:
+        # Each combination is validated as a whole Params, which suggests the closest valid key.
+        combos, varied = expand_params(raw)
+        settings = [Params.model_validate(c) for c in combos]
+    except ValidationError as exc:
+        raise validation_error(exc, doc, path, ("params",)) from None
+    if len(settings) > 10_000:
+        raise InputError(
+            f"{location(path, doc.line_of(('params',)))}: params makes a grid of {len(settings)} settings",
+            hint="use fewer values per setting",
+        )
+    return settings, varied
 
 
 def _resolve_refs(data: Any, doc: YamlDoc, path: Path) -> Any:

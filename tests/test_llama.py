@@ -29,7 +29,14 @@ REAL_CACHE = Path.home() / ".cache" / "promptlab"
 
 def promptlab(*args: str | Path, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "promptlab", *(str(a) for a in args)],
+        # --no-cache: these tests are about the model, so every cell must really run.
+        [
+            sys.executable,
+            "-m",
+            "promptlab",
+            *(str(a) for a in args),
+            *(["--no-cache"] if args[:1] == ("run",) else []),
+        ],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -240,10 +240,11 @@ def test_footer_shows_model_quantization_and_gpu_offload(project: Project, cli: 
 
 def test_interrupted_run_is_marked(project: Project, cli: Cli) -> None:
     _, html = run(project, cli, GRID_SUITE, "-m", "fake://echo?interrupt_after=4", code=130)
-    assert "3/4 cells passed · <b>interrupted</b>" in html  # the fourth (pear) fails
+    assert "cells passed · <b>interrupted</b>" in html
     (grid,) = tables(html, "grid")
-    # The grid shows what ran and marks the rest as not run.
+    # Every prompt keeps its column; what did not run says so. (Cells run in prefix order,
+    # so which four ran is not the suite's first four.)
     assert grid[0] == ["test", "p_name", "p_describe", "p_spell"]
-    assert [r[0].split()[0] for r in grid[1:]] == ["t_apple", "t_pear"]
-    assert grid[2][1].startswith("FAIL")
-    assert grid[2][2:] == ["not run", "not run"]
+    cells = [c for row in grid[1:] for c in row[1:]]
+    assert sum(c != "not run" for c in cells) == 4
+    assert "not run" in cells

@@ -71,8 +71,9 @@ ROW_KEYS = {
 
 
 def read_jsonl(folder: Path) -> list[dict[str, Any]]:
+    """Rows in suite order (the file holds them in run order)."""
     lines = (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+    return sorted((json.loads(line) for line in lines), key=lambda r: r["order"])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -199,7 +200,7 @@ def test_manifest_records_everything_needed_to_reproduce(project: Project, cli: 
     assert m["params"]["temperature"] == 0.0
     assert m["params"]["seed"] == 0
     assert m["params"]["stop"] == []
-    assert m["selection"] == {"filter": None, "limit": 1, "cells": 4, "cells_in_suite": 8}
+    assert m["selection"] == {"limit": 1, "cells": 4, "cells_in_suite": 8}
     assert [x["label"] for x in m["models"]] == ["echo", "reply"]
     for model in m["models"]:
         settings = model["load_settings"]

@@ -20,7 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def promptlab(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "promptlab", *(str(a) for a in args)],
+        # --no-cache: these tests are about the model, so every cell must really run.
+        [
+            sys.executable,
+            "-m",
+            "promptlab",
+            *(str(a) for a in args),
+            *(["--no-cache"] if args[:1] == ("run",) else []),
+        ],
         cwd=cwd,
         capture_output=True,
         text=True,

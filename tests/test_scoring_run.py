@@ -26,6 +26,7 @@ def run(
     rows = []
     if (out / "results.jsonl").exists():
         rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        rows.sort(key=lambda r: r["order"])  # suite order; the file is in run order
     return result, rows, out
 
 

@@ -14,6 +14,11 @@ from typing import Any, Protocol
 
 from promptlab.errors import PromptlabError
 
+# The smallest chunk whose cold-prompt speed stays within 10% of chunk 512 on both bundled models
+# (benchmarks/bench_chunk.py; Gemma3 is the sensitive one: 64 ran at 0.87x, 128 at 0.93-0.98x).
+# suite.ModelSpec.prefix_chunk defaults to the same number.
+DEFAULT_PREFIX_CHUNK = 128
+
 
 @dataclass(frozen=True)
 class LoadSettings:
@@ -26,6 +31,10 @@ class LoadSettings:
     n_threads_batch: int
     flash_attn: bool
     seed: int
+    # Canonical chunk size for prompt evaluation (backends/llama.py, `_fill`): prompts are decoded
+    # in chunks aligned to multiples of min(prefix_chunk, n_batch), and cached KV is reused only
+    # up to such a multiple, so results never depend on what the cache held before.
+    prefix_chunk: int = DEFAULT_PREFIX_CHUNK
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -115,10 +124,10 @@ class Backend(Protocol):
     ) -> list[ChoiceScore]:
         """Log-likelihood of each continuation after `context`, without generating.
 
-        reuse_prefix=False evaluates the context from an empty cache, so the scores do not depend
-        on what earlier calls left there (on some models logits vary with decode batching).
-
-        The context is evaluated once and shared by all choices (prefix reuse).
+        The context is evaluated once and shared by all choices, reusing whatever prefix of it the
+        cache already holds; the scores never depend on what earlier calls left there (the llama.cpp
+        backend chunks prompts canonically, see `LoadSettings.prefix_chunk`). reuse_prefix=False
+        only empties the cache first (kept for compatibility; the scores are the same).
         """
         ...
 
@@ -128,6 +137,19 @@ class Backend(Protocol):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """L2-normalized embeddings; only backends opened with embedding=True support it."""
+        ...
+
+    def measure(
+        self, prompt_tokens: int, gen_tokens: int, *, n_threads: int, n_batch: int
+    ) -> dict[str, float]:
+        """Time one prompt evaluation and one greedy generation from an empty cache (for `tune`).
+
+        The prompt (`prompt_tokens` tokens of fixed text) is decoded in chunks of `n_batch`, with
+        `n_threads` threads for both prompt and generation; then `gen_tokens` tokens are decoded
+        one at a time. Returns pp_tokens, pp_ms, pp_tps, tg_tokens, tg_ms, tg_tps (engine time
+        where the backend has perf counters; tg_* are 0 when gen_tokens is 0). Leaves the cache
+        empty and the load settings' thread counts in place.
+        """
         ...
 
     def close(self) -> None: ...

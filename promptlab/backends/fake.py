@@ -23,6 +23,11 @@ The other backend features, all deterministic:
   smallest character edit distance between the choice and a same-length run of context words
   (so near-misses beat unrelated choices, and every choice found in the context beats them). With choice_bias=TEXT, a choice equal to TEXT (same comparison) scores 0.0 and is
   greedy. An empty choice scores 0.0 with 0 tokens.
+- measure (promptlab tune): no timing at all, invented speeds that depend only on the
+  arguments: prompt tok/s = 100 x n_threads x n_batch / (n_batch + 64) (more threads and larger
+  batches always help), generation tok/s = 20 x n_threads up to 2 threads and 40 - 5 x (t - 2)
+  above (so 2 is the best generation thread count); the times are tokens / speed. It checks
+  n_ctx and n_batch (at most the load setting) like the real backend.
 - embed (only when opened with embedding=True): a 64-dimensional bag of characters and character
   bigrams of the lowercased text, hashed by code point, L2-normalized. Shared letters make
   similar sentences closer than unrelated ones; an empty text is the zero vector.
@@ -224,6 +229,33 @@ class FakeBackend:
             norm = math.sqrt(sum(v * v for v in vec))
             out.append([v / norm for v in vec] if norm > 0 else vec)
         return out
+
+    def measure(
+        self, prompt_tokens: int, gen_tokens: int, *, n_threads: int, n_batch: int
+    ) -> dict[str, float]:
+        self._require_mode(False, "measure")
+        if prompt_tokens < 1 or gen_tokens < 0:
+            raise CellError("measure needs prompt_tokens >= 1 and gen_tokens >= 0")
+        if prompt_tokens + gen_tokens >= self.settings.n_ctx:
+            raise CellError(
+                f"{prompt_tokens} prompt + {gen_tokens} generated tokens do not fit n_ctx "
+                f"{self.settings.n_ctx}"
+            )
+        if not 1 <= n_batch <= self.settings.n_batch:
+            raise CellError(f"n_batch must be 1..{self.settings.n_batch} here, got {n_batch}")
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        pp_tps = 100.0 * n_threads * n_batch / (n_batch + 64)
+        tg_tps = 20.0 * n_threads if n_threads <= 2 else 40.0 - 5.0 * (n_threads - 2)
+        tg_tps = max(tg_tps, 1.0)
+        return {
+            "pp_tokens": float(prompt_tokens),
+            "pp_ms": prompt_tokens / pp_tps * 1000,
+            "pp_tps": pp_tps,
+            "tg_tokens": float(gen_tokens),
+            "tg_ms": gen_tokens / tg_tps * 1000 if gen_tokens else 0.0,
+            "tg_tps": tg_tps if gen_tokens else 0.0,
+        }
 
     def close(self) -> None:
         pass

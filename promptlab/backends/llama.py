@@ -5,7 +5,18 @@ Everything llama-cpp-python would otherwise default is set explicitly (n_ctx 512
 n_threads cpu_count()//2, per-API temperatures, a process-wide fixed seed, flash_attn off), and
 its logs go through our own callback because `verbose=False` swallows real load errors.
 
-Beyond plain completion, this module does three things llama-cpp-python has no safe API for:
+Beyond plain completion, this module does four things llama-cpp-python has no safe API for:
+
+- Canonical chunking of every prompt evaluation (`_fill`). On this CPU build Gemma3's logits
+  depend on how a token sequence was split into decode calls (up to ~0.3 nats), and SmolLM2's
+  too when a position is decoded on its own (0.1 nats measured, when llama-cpp-python replays
+  the last token of an identical prompt), so llama-cpp-python's own longest-common-prefix reuse
+  makes a result depend on what the previous call left in the KV cache. Instead, prompts are decoded in chunks whose
+  boundaries sit at absolute positions that are multiples of C = min(prefix_chunk, n_batch), and
+  cached KV is reused only up to such a multiple (and only where it was itself decoded in whole
+  canonical chunks). Every KV position is then computed in the same chunk as in a from-scratch
+  evaluation, and results are bit-identical whatever ran before, while shared prefixes of C
+  tokens or more are still reused.
 
 - Token logprobs without `logits_all=True` (which keeps n_ctx x n_vocab floats, 2 GB on Gemma3):
   while `generate(logprobs=k)` runs, the instance's `sample` method is wrapped to read the raw
@@ -247,6 +258,17 @@ class _LogprobCapture:
 
 # --- the backend -----------------------------------------------------------------------------
 
+# The prompt `measure` (promptlab tune) repeats to length: ordinary prose, so the tokens are
+# typical of a real prompt.
+_MEASURE_TEXT = (
+    " The committee met on a grey Tuesday morning to review the quarterly figures. Sales in the"
+    " northern region had risen for the third time in a row, while the coastal stores reported"
+    " a small decline that the manager attributed to the unusually wet summer. After a short"
+    " discussion, the members agreed to postpone the new advertising campaign until spring,"
+    " to hire two additional staff for the warehouse, and to publish a summary of the meeting"
+    " on the company website before the end of the week."
+)
+
 
 class LlamaBackend:
     def __init__(self, path: Path, settings: LoadSettings, *, embedding: bool = False) -> None:
@@ -304,6 +326,11 @@ class LlamaBackend:
         # The last context score_choices evaluated and its last logits row, while the KV cache
         # still holds exactly that context (cleared by anything else that decodes).
         self._scored_context: tuple[tuple[int, ...], Any] | None = None
+        # Canonical chunk size (module docstring); decodes of more than n_batch tokens would abort.
+        self.chunk = max(1, min(settings.prefix_chunk, int(self.llm.n_batch)))
+        # How many leading KV positions were decoded in whole canonical chunks (a multiple of
+        # `chunk`, never more than llm.n_tokens): the only part of the cache `_fill` reuses.
+        self._aligned = 0
         offloaded = self._offloaded(log)
         self.info = RuntimeInfo(
             backend="llama.cpp",
@@ -318,6 +345,7 @@ class LlamaBackend:
                 "amx_workaround": amx,
                 "embedding": embedding,
                 "pooling": "mean" if embedding else None,
+                "prefix_chunk": self.chunk,
                 "system_info": system_info(),
                 "warnings": [t.strip() for lvl, t in log if lvl == 3 and t.strip()][:20],
             },
@@ -424,6 +452,11 @@ class LlamaBackend:
                 f"prompt is {len(tokens)} tokens but n_ctx is {n_ctx}",
                 hint="raise n_ctx in models: or shorten the prompt",
             )
+        if not tokens:
+            raise CellError(
+                "cannot generate from an empty prompt",
+                hint="give a prompt (or a model that adds BOS)",
+            )
         grammar_obj = None
         if grammar is not None:
             problem = self.check_grammar(grammar)
@@ -436,14 +469,32 @@ class LlamaBackend:
         # No capture object, no wrapper, no numpy when logprobs is None: the plain path is the
         # same create_completion call as before.
         capture = _LogprobCapture(self.llm, logprobs) if logprobs is not None else None
-        ctx = self.llm.ctx
+        llm: Any = self.llm
+        ctx = llm.ctx
         llama_lib.llama_perf_context_reset(ctx)
         self._scored_context = None
+        # The prompt is evaluated here, canonically chunked (module docstring), not by
+        # llama-cpp-python. Afterwards the cache holds exactly `tokens`, n_tokens == len(tokens),
+        # _requires_eval is False and the last decode's last row is the prompt's last position,
+        # so Llama.generate (0.3.36, llama.py:925-933) takes its "exact prompt cached" path: no
+        # reset, no eval, and the first token is sampled from row -1 (idx = n_tokens - 1).
+        try:
+            evaluated = self._fill(tokens)
+        except RuntimeError as exc:  # llama_decode failed
+            llm.reset()
+            self._aligned = 0
+            raise CellError(f"llama.cpp: {exc}") from None
+        # Counters only update on synchronize (NOTES §6). A prompt eval of a single token counts
+        # as an "eval" in llama.cpp's counters, so both go to the prompt here.
+        llama_lib.llama_synchronize(ctx)
+        prompt_perf = llama_lib.llama_perf_context(ctx)
+        prompt_ms = float(prompt_perf.t_p_eval_ms) + float(prompt_perf.t_eval_ms)
+        prompt_eval_ms_as_eval = float(prompt_perf.t_eval_ms)
         try:
             with capture.installed() if capture is not None else contextlib.nullcontext():
                 # Token ids, so llama-cpp-python adds no BOS of its own: BOS is decided above,
                 # from the GGUF flag for raw prompts and by the chat template for chat prompts.
-                out: Any = self.llm.create_completion(
+                out: Any = llm.create_completion(
                     prompt=tokens,
                     max_tokens=sampling.max_tokens,
                     temperature=sampling.temperature,
@@ -461,6 +512,10 @@ class LlamaBackend:
                 )
         except ValueError as exc:
             raise CellError(f"llama.cpp: {exc}") from None
+        except RuntimeError as exc:  # llama_decode failed while generating
+            llm.reset()
+            self._aligned = 0
+            raise CellError(f"llama.cpp: {exc}") from None
         perf = llama_lib.llama_perf_context(ctx)
         choice = out["choices"][0]
         usage = out["usage"]
@@ -470,9 +525,9 @@ class LlamaBackend:
             prompt_tokens=int(usage["prompt_tokens"]),
             completion_tokens=n_completion,
             finish_reason=str(choice.get("finish_reason") or "stop"),
-            prompt_eval_tokens=int(perf.n_p_eval),
-            prompt_eval_ms=float(perf.t_p_eval_ms),
-            eval_ms=float(perf.t_eval_ms),
+            prompt_eval_tokens=evaluated,
+            prompt_eval_ms=prompt_ms,
+            eval_ms=float(perf.t_eval_ms) - prompt_eval_ms_as_eval,
             tokens=self._token_logprobs(capture, n_completion) if capture is not None else None,
         )
 
@@ -519,22 +574,24 @@ class LlamaBackend:
         way the joint text re-tokenizes, e.g. a trailing space), the choice is tokenized alone
         and scored after the context's tokens. Put separating spaces in the choices.
 
-        KV bookkeeping, reusing llama-cpp-python's own prefix cache: `llm.input_ids[:n_tokens]`
-        mirrors the KV cache. The context is evaluated with `llm.eval` after trimming the cache to
-        the longest common prefix (minus one token: logits of the last context position are not
-        kept with logits_all=False, so it is decoded again). For each choice, its tokens but the
+        KV bookkeeping, sharing llama-cpp-python's prefix cache: `llm.input_ids[:n_tokens]`
+        mirrors the KV cache. The context is evaluated by `_fill`, canonically chunked (module
+        docstring): cached KV is reused up to the largest multiple of the chunk size within the
+        common prefix, and the rest is decoded in chunks aligned to absolute positions, so the
+        scores are bit-identical to a from-scratch evaluation whatever the cache held before (on
+        this CPU build logits otherwise depend on how a sequence was split into decode calls: up
+        to ~0.3 nats on Gemma3, 0.1 on SmolLM2 for a token decoded on its own). For each choice, its tokens but the
         last are decoded after the context at positions n.. with logits for every position, and
         the KV cells from position n on are removed afterwards; `n_tokens`/`input_ids` are never
         advanced for them, so after the call the cache holds exactly the context. `_requires_eval`
-        is set so that a following `generate` on exactly the context re-decodes its last token
-        instead of sampling from the last choice's logits.
+        is set so that nothing samples from the last choice's logits as if they were the
+        context's.
 
         Scoring the same context again right after (nothing decoded in between) reuses the saved
-        last-context logits instead of re-decoding that token. Besides saving a decode, this keeps
-        repeated calls bit-identical: on Gemma3 (this CPU build) logits depend on how a sequence
-        was split into decode calls, by up to ~0.2 nats (measured; SmolLM2 is bit-identical).
-        The same holds for prefix reuse in general: a context's scores can differ slightly with
-        what the previous call left in the cache.
+        last-context logits instead of re-decoding the context's last chunk.
+
+        reuse_prefix=False empties the cache first. Kept for compatibility: with canonical
+        chunking it changes only the time taken, never the scores.
         """
         self._require_mode(False, "score choices")
         ctx_tokens = self.tokenize(context, add_bos)
@@ -596,25 +653,135 @@ class LlamaBackend:
 
     def _eval_context(self, ctx_tokens: list[int]) -> Any:
         """Make the KV cache hold exactly `ctx_tokens`; return the last position's logits row."""
+        self._fill(ctx_tokens)
+        row = llama_lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+
+    def _fill(self, tokens: list[int]) -> int:
+        """Make the KV cache hold exactly `tokens` (non-empty), canonically chunked; return how
+        many tokens were decoded. Afterwards the last decode's last row holds the logits of the
+        last position, `n_tokens`/`input_ids` mirror the cache and `_requires_eval` is False.
+
+        Canonical chunks end at fixed absolute positions (16, 32, 64, … doubling up to C, then
+        every C; see `_boundary_after`), so every KV position is computed in the same batch
+        composition as from an empty cache, and results never depend on what was cached.
+        Reuse: the common prefix of `tokens` and the cache, counted only over the first
+        `_aligned` positions (those decoded in whole canonical chunks: not a prompt's final
+        partial chunk, not generated tokens, which were decoded one at a time), rounded down to
+        a boundary and kept below len(tokens), because the last position must be decoded again
+        for its logits (logits_all=False keeps none). Then the rest is decoded chunk by chunk,
+        the last one possibly partial, exactly as from an empty cache.
+        """
         llm: Any = self.llm
-        n = len(ctx_tokens)
-        cached = llm.input_ids[: llm.n_tokens].tolist()
+        c = self.chunk
+        n = len(tokens)
+        limit = min(self._aligned, int(llm.n_tokens), n - 1)
         common = 0
-        for a, b in zip(cached, ctx_tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        keep = min(common, n - 1)
-        # llm.eval removes KV cells from llm.n_tokens on by itself but ignores failure, which
-        # happens for a partial removal on recurrent memory; then evaluate from scratch.
+        if limit > 0:
+            same = llm.input_ids[:limit] == np.asarray(tokens[:limit], dtype=llm.input_ids.dtype)
+            common = limit if bool(same.all()) else int(np.argmin(same))
+        keep = _boundary_at_or_below(common, c)
+        # A partial removal fails on recurrent memory; then start from an empty cache.
         if keep > 0 and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             keep = 0
         if keep == 0:
-            llm.reset()
+            llm.reset()  # clears recurrent memory too
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         llm.n_tokens = keep
-        llm.eval(ctx_tokens[keep:])
-        row = llama_lib.llama_get_logits_ith(llm.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
+        llm._requires_eval = True
+        self._aligned = keep
+        # n_tokens/input_ids/_aligned advance chunk by chunk, so they stay true to the cache if
+        # a decode fails or Ctrl-C arrives between chunks.
+        start = keep
+        while start < n:
+            boundary = _boundary_after(start, c)
+            chunk = tokens[start:boundary]
+            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            llm._ctx.decode(llm._batch)
+            end = start + len(chunk)
+            llm.input_ids[start:end] = chunk
+            llm.n_tokens = end
+            if end == boundary:
+                self._aligned = end
+            start = end
+        llm._requires_eval = False
+        return n - keep
+
+    # --- measuring (promptlab tune) ------------------------------------------------------------
+
+    def measure(
+        self, prompt_tokens: int, gen_tokens: int, *, n_threads: int, n_batch: int
+    ) -> dict[str, float]:
+        """See `Backend.measure`. Engine times from llama.cpp's perf counters (reset, decode,
+        synchronize, read: NOTES §6). The prompt is fixed English text, tokenized and repeated to
+        length; chunks of `n_batch` from position 0 are exactly the decodes a model loaded with
+        that n_batch would make. Generation is greedy (numpy argmax, outside the timed part).
+        """
+        self._require_mode(False, "measure")
+        if prompt_tokens < 1 or gen_tokens < 0:
+            raise CellError("measure needs prompt_tokens >= 1 and gen_tokens >= 0")
+        if prompt_tokens + gen_tokens >= self.settings.n_ctx:
+            raise CellError(
+                f"{prompt_tokens} prompt + {gen_tokens} generated tokens do not fit n_ctx "
+                f"{self.settings.n_ctx}"
+            )
+        if not 1 <= n_batch <= int(self.llm.n_batch):
+            raise CellError(f"n_batch must be 1..{self.llm.n_batch} here, got {n_batch}")
+        llm: Any = self.llm
+        ctx = llm.ctx
+        base = self.tokenize(_MEASURE_TEXT, False)
+        tokens = (base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
+        self._scored_context = None
+        llama_lib.llama_set_n_threads(ctx, n_threads, n_threads)
+        try:
+            self._clear()
+            llama_lib.llama_perf_context_reset(ctx)
+            for start in range(0, prompt_tokens, n_batch):
+                chunk = tokens[start : start + n_batch]
+                llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+                llm._ctx.decode(llm._batch)
+            llama_lib.llama_synchronize(ctx)
+            perf = llama_lib.llama_perf_context(ctx)
+            # A single-token prompt counts as an "eval" in llama.cpp's counters.
+            pp_ms = float(perf.t_p_eval_ms) + float(perf.t_eval_ms)
+            tg_ms = 0.0
+            if gen_tokens:
+                row = np.ctypeslib.as_array(
+                    llama_lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
+                )
+                token = int(row.argmax())
+                llama_lib.llama_perf_context_reset(ctx)
+                for pos in range(prompt_tokens, prompt_tokens + gen_tokens):
+                    llm._batch.set_batch(batch=[token], n_past=pos, logits_all=False)
+                    llm._ctx.decode(llm._batch)
+                    row = np.ctypeslib.as_array(  # synchronizes, as sampling would
+                        llama_lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
+                    )
+                    token = int(row.argmax())
+                tg_ms = float(llama_lib.llama_perf_context(ctx).t_eval_ms)
+        except RuntimeError as exc:  # llama_decode failed
+            raise CellError(f"llama.cpp: {exc}") from None
+        finally:
+            self._clear()
+            llama_lib.llama_set_n_threads(
+                ctx, self.settings.n_threads, self.settings.n_threads_batch
+            )
+        return {
+            "pp_tokens": float(prompt_tokens),
+            "pp_ms": pp_ms,
+            "pp_tps": prompt_tokens / pp_ms * 1000 if pp_ms > 0 else 0.0,
+            "tg_tokens": float(gen_tokens),
+            "tg_ms": tg_ms,
+            "tg_tps": gen_tokens / tg_ms * 1000 if tg_ms > 0 else 0.0,
+        }
+
+    def _clear(self) -> None:
+        """Empty the KV cache and the bookkeeping that mirrors it."""
+        llm: Any = self.llm
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._aligned = 0
+        self._scored_context = None
 
     def _score_continuation(self, n: int, last: Any, cont: list[int]) -> tuple[ChoiceScore, bool]:
         """(score, whether the KV cache is back to the context only)."""
@@ -678,3 +845,30 @@ class LlamaBackend:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.llm.close()
+
+
+# Canonical chunk boundaries: 16, 32, 64, … doubling up to C, then every C. The small early
+# chunks let cells that share only a chat template's opening (20–60 tokens) reuse it, which a
+# flat C-sized grid cannot; past C, whole C-sized chunks keep prompt processing fast.
+_FIRST_BOUNDARY = 16
+
+
+def _boundary_after(pos: int, c: int) -> int:
+    """The first canonical boundary strictly after `pos`."""
+    if pos >= c:
+        return (pos // c + 1) * c
+    b = _FIRST_BOUNDARY
+    while b <= pos:
+        b *= 2
+    return min(b, c)
+
+
+def _boundary_at_or_below(pos: int, c: int) -> int:
+    """The last canonical boundary at or before `pos` (0 if none)."""
+    if pos >= c:
+        return pos // c * c
+    b, best = _FIRST_BOUNDARY, 0
+    while b <= pos and b < c:
+        best = b
+        b *= 2
+    return best
