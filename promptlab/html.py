@@ -216,7 +216,10 @@ def _footer_html(manifest: dict[str, Any]) -> str:
 
 
 def render_html(
-    manifest: dict[str, Any], rows: list[dict[str, Any]], summary: list[dict[str, Any]]
+    manifest: dict[str, Any],
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    comparisons: list[dict[str, Any]] | None = None,
 ) -> str:
     suite = manifest.get("suite", {})
     title = suite.get("description") or suite.get("path") or "promptlab run"

@@ -9,7 +9,7 @@ All text that reaches the HTML is escaped.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ class ReportFiles:
     results_csv: Path
     summary_csv: Path
     html: Path
-    summary: list[dict[str, Any]]  # one dict per prompt × model, for the terminal
+    summary: list[dict[str, Any]]  # one dict per prompt × model × setting, for the terminal
     totals: dict[str, int]
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # paired tests, verdicts
+    comparisons_csv: Path | None = None
 
 
 def _text(value: Any) -> str:
