@@ -7,10 +7,15 @@ pydantic, jinja2, pandas, llama_cpp) is imported inside each command.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from promptlab.gates import GateOptions, Outcome
+    from promptlab.report import ReportFiles
 
 app = typer.Typer(
     name="promptlab",
@@ -38,6 +43,40 @@ AllowCodeOpt = Annotated[
 ]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="Only the first N tests (after --filter)")
+]
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+FailUnderOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-under",
+        metavar="[METRIC=]RATE",
+        help="Gate: exit 100 when the pass rate (or METRIC's mean) is below RATE; repeatable",
+    ),
+]
+MaxRegressionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-regression",
+        metavar="POINTS",
+        help="Gate: exit 100 when a variant's pass rate drops more than POINTS vs the baseline",
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option("--baseline", help="Baseline run for --max-regression (default: baseline set)"),
+]
+JunitOpt = Annotated[
+    Path | None, typer.Option("--junit", help="Write JUnit XML (one test case per cell) here")
+]
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="text, or json: the summary as JSON on stdout, nothing else"),
 ]
 
 
@@ -134,13 +173,25 @@ def run(
         typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
     ] = None,
     allow_code: AllowCodeOpt = False,
+    fail_under: FailUnderOpt = None,
+    max_regression: MaxRegressionOpt = None,
+    baseline: BaselineOpt = None,
+    junit: JunitOpt = None,
+    output_format: FormatOpt = OutputFormat.text,
 ) -> int:
     """Run every prompt × test × model, score the outputs and write reports."""
-    from promptlab import console, core
+    from promptlab import console, core, gates
+    from promptlab.compare import project_of
     from promptlab.errors import ExitCode, InputError
     from promptlab.plan import Selection
+    from promptlab.templates import find_project_root
 
     argv = ["promptlab", *_argv]
+    if resume is not None:
+        project = project_of(resume)
+    else:
+        project = find_project_root((suite or Path("x")).resolve().parent)
+    gate_opts = gates.prepare(fail_under, max_regression, baseline, project)
     if resume is not None:
         given = [
             name
@@ -191,24 +242,191 @@ def run(
                 cache=cache,
             )
     console.print_notes(result.notes)
-    console.print_run(result)
+    as_json = output_format is OutputFormat.json
+    if not as_json:
+        console.print_run(result)
+    if result.reports is not None:
+        outcome = _conclude(
+            result.folder, result.status, result.reports, gate_opts, junit, as_json, result.error
+        )
+        code = outcome.exit_code
+    else:
+        code = ExitCode.ASSERTIONS_FAILED if result.stats.failed + result.stats.errors else 0
     if result.error is not None:
         raise result.error
     if result.status == "interrupted":
         return ExitCode.INTERRUPTED
-    return (
-        ExitCode.OK
-        if result.stats.failed + result.stats.errors == 0
-        else ExitCode.ASSERTIONS_FAILED
-    )
+    return code
+
+
+def _conclude(
+    folder: Path,
+    status: str,
+    reports: ReportFiles,
+    gate_opts: GateOptions,
+    junit: Path | None,
+    as_json: bool,
+    error: Exception | None = None,
+) -> Outcome:
+    """Gates, JUnit and the JSON summary, shared by `run` and `report`."""
+    from promptlab import console, gates
+    from promptlab.store import read_manifest, read_results
+
+    rows = read_results(folder)
+    outcome = gates.conclude(folder, rows, gate_opts, junit=junit, manifest=read_manifest(folder))
+    console.print_gates(outcome, to_stderr=as_json)
+    if as_json:
+        paths: dict[str, Path | None] = {
+            "results_csv": reports.results_csv,
+            "summary_csv": reports.summary_csv,
+            "html": reports.html,
+            "comparisons_csv": reports.comparisons_csv,
+            "junit": junit,
+        }
+        if outcome.comparison is not None:
+            paths["compare_csv"] = outcome.comparison.csv_path
+            paths["compare_html"] = outcome.comparison.html_path
+        print(
+            gates.summary_json(
+                folder=folder,
+                status=status,
+                totals=reports.totals,
+                summary=reports.summary,
+                comparisons=reports.comparisons,
+                outcome=outcome,
+                reports=paths,
+                error=str(error) if error is not None else None,
+            )
+        )
+    return outcome
 
 
 @app.command()
-def report(folder: Annotated[Path, typer.Argument(help="A run folder")]) -> int:
+def report(
+    folder: Annotated[Path, typer.Argument(help="A run folder")],
+    fail_under: FailUnderOpt = None,
+    max_regression: MaxRegressionOpt = None,
+    baseline: BaselineOpt = None,
+    junit: JunitOpt = None,
+    output_format: FormatOpt = OutputFormat.text,
+) -> int:
     """Rebuild results.csv, summary.csv and report.html from a run's stored results."""
-    from promptlab import console, core
+    from promptlab import console, core, gates
+    from promptlab.compare import project_of
+    from promptlab.store import read_manifest
 
-    console.print_report(core.report(folder))
+    gate_opts = gates.prepare(fail_under, max_regression, baseline, project_of(folder))
+    reports = core.report(folder)
+    as_json = output_format is OutputFormat.json
+    if not as_json:
+        console.print_report(reports)
+    if not (gate_opts.active or gate_opts.baseline or junit or as_json):
+        return 0
+    status = str(read_manifest(folder).get("status") or "unknown")
+    outcome = _conclude(folder, status, reports, gate_opts, junit, as_json)
+    return outcome.exit_code if gate_opts.active else 0
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The earlier run (or the only one: vs baseline)")],
+    run_b: Annotated[Path | None, typer.Argument(help="The later run")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for compare.csv/html (default: newer run)"),
+    ] = None,
+    fail_on_regression: Annotated[
+        bool, typer.Option("--fail-on-regression", help="Exit 100 when any cell regressed")
+    ] = False,
+) -> int:
+    """Compare two runs cell by cell: regressions, fixes, changed outputs, paired tests."""
+    from promptlab import compare as cmp
+    from promptlab import console
+    from promptlab.errors import ExitCode
+
+    a, b = (None, run_a) if run_b is None else (run_a, run_b)
+    result = cmp.compare(a, b, out=output)
+    console.print_compare(result)
+    if fail_on_regression and result.regressions:
+        return ExitCode.ASSERTIONS_FAILED
+    return 0
+
+
+@app.command()
+def history(
+    suite: Annotated[
+        str | None, typer.Argument(help="Only runs of this suite (a file or its name)")
+    ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option("--runs", help="Also look for runs in this folder (repeatable)"),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", help="One template's pass rate across runs")
+    ] = None,
+) -> int:
+    """List earlier runs from their manifests: date, commit, templates changed, pass rates."""
+    from promptlab import console
+    from promptlab import history as hist
+    from promptlab.templates import find_project_root
+
+    found = hist.history(find_project_root(Path.cwd()), suite, runs or [])
+    if template is not None:
+        console.print_template_history(template, hist.template_history(found, template))
+    else:
+        console.print_history(found)
+    return 0
+
+
+baseline_app = typer.Typer(
+    help="The baseline run that compare and --max-regression use by default.",
+    no_args_is_help=True,
+)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("set")
+def baseline_set(run_folder: Annotated[Path, typer.Argument(help="A run folder")]) -> int:
+    """Make RUN the project's baseline (.promptlab/baseline.json)."""
+    from promptlab import compare as cmp
+    from promptlab import console
+    from promptlab.templates import find_project_root
+
+    file = cmp.set_baseline(run_folder, find_project_root(Path.cwd()))
+    console.out.print(f"baseline: {run_folder} (stored in {file})", markup=False)
+    return 0
+
+
+@baseline_app.command("show")
+def baseline_show() -> int:
+    """Print the baseline run."""
+    from promptlab import compare as cmp
+    from promptlab import console
+    from promptlab.templates import find_project_root
+
+    root = find_project_root(Path.cwd())
+    path = cmp.get_baseline(root)
+    if path is None:
+        console.err.print("no baseline set (promptlab baseline set RUN)", markup=False)
+        return 0
+    record = cmp.read_baseline(root) or {}
+    console.out.print(str(path), markup=False)
+    console.err.print(
+        f"set {record.get('set_at', '?')}; run started {record.get('started_at', '?')}",
+        markup=False,
+    )
+    return 0
+
+
+@baseline_app.command("clear")
+def baseline_clear() -> int:
+    """Forget the baseline."""
+    from promptlab import compare as cmp
+    from promptlab import console
+    from promptlab.templates import find_project_root
+
+    removed = cmp.clear_baseline(find_project_root(Path.cwd()))
+    console.out.print("baseline cleared" if removed else "no baseline was set")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Reports from a run folder: results.csv, summary.csv and a self-contained report.html
-(rendered by promptlab/html.py).
+"""Reports from a run folder: results.csv, summary.csv, comparisons.csv and a self-contained
+report.html (rendered by promptlab/html.py). The statistics come from promptlab/stats.py.
 
 The only module that imports pandas. Everything here is rebuilt from results.jsonl and
 manifest.json, so `promptlab report DIR` reproduces the files of a finished or interrupted run.
@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from promptlab import stats
 from promptlab.html import render_html
 from promptlab.store import atomic_write, read_manifest, read_results
 
@@ -147,6 +148,29 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+# Per-variant statistics (promptlab.stats.variant_stats) that summary.csv carries.
+STAT_COLUMNS = (
+    "pass_rate_lo",
+    "pass_rate_hi",
+    "mean_score_lo",
+    "mean_score_hi",
+    "tests",
+    "repeats",
+    "flake_rate",
+    "pass_at_k",
+    "pass_pow_k",
+    "k",
+    "rank",
+)
+
+
+def _stat_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows promptlab.stats needs, from results_frame's columns."""
+    cols = ["model", "prompt", "setting", "test_index", "status", "score"]
+    rows: list[dict[str, Any]] = df[cols].to_dict(orient="records")
+    return rows
+
+
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     columns = [
         "model",
@@ -157,7 +181,18 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         "failed",
         "errors",
         "pass_rate",
+        "pass_rate_lo",
+        "pass_rate_hi",
         "mean_score",
+        "mean_score_lo",
+        "mean_score_hi",
+        "tests",
+        "repeats",
+        "flake_rate",
+        "pass_at_k",
+        "pass_pow_k",
+        "k",
+        "rank",
         "mean_latency_ms",
         "mean_tokens_per_s",
         "completion_tokens",
@@ -182,6 +217,19 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     out["pass_rate"] = out["pass_rate"].round(4)
     out["mean_score"] = out["mean_score"].astype(float).round(4)
     out["completion_tokens"] = out["completion_tokens"].fillna(0).astype(int)
+    # Intervals, repeat metrics and rank, per variant; same (first-seen) order as the groups.
+    by_key = {
+        (v["model"], v["prompt"], v["setting"]): v for v in stats.variant_stats(_stat_rows(df))
+    }
+    keys = zip(out["model"], out["prompt"], out["setting"], strict=True)
+    extra = pd.DataFrame.from_records(
+        [{name: by_key[key][name] for name in STAT_COLUMNS} for key in keys],
+        columns=list(STAT_COLUMNS),
+    )
+    for name in STAT_COLUMNS:
+        out[name] = extra[name].to_numpy()
+    for name in ("tests", "repeats", "k", "rank"):
+        out[name] = out[name].astype("Int64")  # k is empty without repeats
     # Named metrics (`metric:` on checks) become summary columns: their mean per group.
     metrics = [c for c in df.columns if c.startswith("metric_")]
     for name in metrics:
@@ -190,28 +238,56 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     return result
 
 
+def comparisons_frame(comparisons: list[dict[str, Any]]) -> pd.DataFrame:
+    """comparisons.csv: one row per paired comparison (promptlab.stats.compare_run)."""
+    frame: pd.DataFrame = pd.DataFrame.from_records(
+        comparisons, columns=list(stats.COMPARISON_COLUMNS)
+    )
+    for name in ("n_tests", "unpaired", "a_only", "b_only", "tests_needed"):
+        frame[name] = frame[name].astype("Int64")  # tests_needed is empty when significant
+    return frame
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars and missing values -> plain Python values (None for missing)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    item = getattr(value, "item", None)
+    if callable(item):
+        value = item()
+        if isinstance(value, float) and value != value:
+            return None
+    return value
+
+
 def build_reports(folder: Path) -> ReportFiles:
     manifest = read_manifest(folder)
     # Rows are stored in run order (prefix-aware, resumable); reports follow the suite's order.
     rows = sorted(read_results(folder), key=lambda r: r.get("order", 0))
     df = results_frame(rows)
     summary = summary_frame(df)
-    results_csv, summary_csv, page = (
+    comparisons = stats.compare_run(_stat_rows(df))
+    results_csv, summary_csv, comparisons_csv, page = (
         folder / "results.csv",
         folder / "summary.csv",
+        folder / "comparisons.csv",
         folder / "report.html",
     )
     atomic_write(results_csv, df.to_csv(index=False))
     atomic_write(summary_csv, summary.to_csv(index=False))
+    atomic_write(comparisons_csv, comparisons_frame(comparisons).to_csv(index=False))
     records = [
-        {str(k): (None if pd.isna(v) else v) for k, v in rec.items()}
-        for rec in summary.to_dict(orient="records")
+        {str(k): _plain(v) for k, v in rec.items()} for rec in summary.to_dict(orient="records")
     ]
-    atomic_write(page, render_html(manifest, rows, records))
+    atomic_write(page, render_html(manifest, rows, records, comparisons))
     totals = {
         "cells": len(rows),
         "passed": sum(r["status"] == "pass" for r in rows),
         "failed": sum(r["status"] == "fail" for r in rows),
         "errors": sum(r["status"] == "error" for r in rows),
     }
-    return ReportFiles(folder, results_csv, summary_csv, page, records, totals)
+    return ReportFiles(
+        folder, results_csv, summary_csv, page, records, totals, comparisons, comparisons_csv
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -120,8 +121,16 @@ def test_repeats_get_their_own_seed_and_cache_entry(project: Project, cli: Cli) 
     for group in by_cell.values():
         assert sorted((row["repeat"], row["seed"]) for row in group) == [(0, 10), (1, 11), (2, 12)]
     assert manifest(project.root / "out")["cache"]["writes"] == len(got)  # never one shared answer
+    # The report keeps every repeat of a cell, with its seed, for the details panel.
     html = (project.root / "out" / "report.html").read_text()
-    assert "3/3 repeats passed (seeds 10, 11, 12)" in html
+    m = re.search(r'<script type="application/json" id="promptlab-data">(.*?)</script>', html)
+    assert m
+    tests = json.loads(m.group(1))["tests"]
+    assert len(tests) == 3
+    for test in tests:
+        for cell in test["cells"]:
+            assert [(rep["r"], rep["sd"]) for rep in cell] == [(0, 10), (1, 11), (2, 12)]
+            assert len({rep["s"] for rep in cell}) == 1  # the fake backend is deterministic
     assert r.code == 100
 
 

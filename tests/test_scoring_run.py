@@ -65,7 +65,7 @@ def test_weights_threshold_and_metrics_reach_the_reports(project: Project, cli: 
     results = read_csv(out / "results.csv")
     assert results[0]["metric_correct"] == "0.75" and results[0]["score"] == "0.75"
     html = (out / "report.html").read_text()
-    assert "<th>correct</th>" in html and "mean score" in html
+    assert '<th class="num">correct</th>' in html and "mean score" in html
 
 
 def test_choice_only_cells_do_not_generate(project: Project, cli: Cli) -> None:

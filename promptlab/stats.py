@@ -1,0 +1,555 @@
+"""Statistics for prompt variants: intervals, repeat metrics and paired comparisons.
+
+Built on scipy.stats and statsmodels; numpy/scipy/statsmodels load with this module, which only
+the reporting code imports (so `promptlab --help` stays fast). Every function takes and returns
+plain Python values (floats, ints, None), ready for CSV, JSON and HTML.
+
+Public API
+----------
+Intervals (95% unless `confidence` says otherwise):
+- ``wilson(passed, n) -> (lo, hi) | None`` Wilson score interval for a pass rate
+  (statsmodels ``proportion_confint(method="wilson")``); None when n == 0.
+- ``bootstrap_mean(values) -> (lo, hi) | None`` bootstrap interval for a mean
+  (``scipy.stats.bootstrap``, BCa, 4,999 resamples, fixed seed, so reports are reproducible;
+  percentile where BCa is undefined). None when fewer than 2 values; (v, v) when all values are v.
+
+Repeats (several outcomes per test):
+- ``pass_at_k(n, c, k)``: the chance that at least one of k draws passes, unbiased from n
+  repeats with c passes: 1 - C(n-c, k) / C(n, k).
+- ``pass_pow_k(n, c, k)``: the chance that all k draws pass: C(c, k) / C(n, k).
+- ``repeat_stats(outcomes, k=None) -> RepeatStats | None``: flake rate (share of tests whose
+  repeats disagree), pass@k and pass^k averaged over tests; k defaults to the largest number of
+  repeats (a test with fewer repeats n < k uses k = n). None when no test has 2+ outcomes.
+
+Paired comparisons (tests are the unit; an error counts as a fail with score 0):
+- ``paired(a_pass, b_pass, a_scores, b_scores, labels) -> Comparison``: A vs B over aligned
+  tests. Each element is one test: a bool (one outcome) or a sequence of bools (its repeats);
+  scores likewise. Pass/fail: exact McNemar when every test has one outcome, otherwise a paired
+  permutation test (``scipy.stats.permutation_test``, sign flips) on per-test pass rates. Scores:
+  paired permutation test on per-test mean scores. Differences are B - A (pass rate in points)
+  with paired-bootstrap intervals over tests. ``p_holm`` starts equal to ``p_value``.
+  Significance and the verdict use ``p_holm``, so a lone ``paired`` call is unadjusted.
+- ``holm(comparisons)``: Holm-adjust the pass and the score p-values (two separate families)
+  across a list of comparisons, in place, and rewrite `significant`, `tests_needed` and the
+  verdicts. Call it once over every comparison of a run.
+- ``permutation_p(diffs)``: the two-sided paired permutation p-value for per-test differences.
+- ``tests_needed(n_tests, discordance, detect_points=10)``: how many more tests a paired
+  pass-rate comparison needs to detect ``detect_points`` points (alpha 0.05, power 0.8;
+  Connor 1987).
+- ``verdict(comparison) -> str``: the plain-language sentence, e.g. "few_shot beats zero_shot by
+  +18 points [6, 30], p=0.004" or "plain vs chat: no detectable difference (+3 points [-8, 14],
+  p=0.62): about 40 more tests would be needed to detect 10 points".
+- ``Comparison.as_dict()``: the COMPARISON_COLUMNS as plain values.
+
+Whole runs (rows as written to results.jsonl: model, prompt, setting, test_index, status, score):
+- ``variant_stats(rows) -> list[dict]``: one dict per model x prompt x setting (first-seen order)
+  with tests, repeats, cells, passed, pass_rate(+_lo/_hi), mean_score(+_lo/_hi), flake_rate,
+  pass_at_k, pass_pow_k, k (those four None without repeats) and rank (by pass rate within a
+  model, 1 = best, ties share the better rank).
+- ``compare_run(rows) -> list[dict]``: every pair of prompts (same model and setting), of models
+  (same prompt and setting) and of settings (same model and prompt), Holm-adjusted across the
+  whole run, as COMPARISON_COLUMNS dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+ALPHA = 0.05  # significance level of every verdict (after Holm)
+POWER = 0.8  # power of the "how many more tests" calculation
+DETECT_POINTS = 10.0  # the difference the power calculation aims to detect, in points
+SEED = 0  # fixed seed: the same rows always give the same intervals and p-values
+N_BOOTSTRAP = 4999
+N_PERMUTATIONS = 9999  # scipy enumerates all sign flips exactly when there are fewer
+N_PERMUTATIONS_QUICK = 1999  # first pass; rerun with N_PERMUTATIONS when p is near or below ALPHA
+# Below 6 paired tests no exact two-sided test can reach p < 0.05 (the smallest p is 2 / 2^n).
+MIN_TESTS = 6
+
+COMPARISON_COLUMNS = (
+    "dimension",
+    "group",
+    "a",
+    "b",
+    "n_tests",
+    "unpaired",
+    "a_pass_rate",
+    "b_pass_rate",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+    "method",
+    "p_value",
+    "p_holm",
+    "a_only",
+    "b_only",
+    "score_diff",
+    "score_diff_lo",
+    "score_diff_hi",
+    "score_p_value",
+    "score_p_holm",
+    "significant",
+    "tests_needed",
+    "verdict",
+)
+
+Interval = tuple[float, float]
+Outcome = bool | Sequence[bool]
+Score = float | Sequence[float]
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def wilson(passed: int, n: int, confidence: float = 0.95) -> Interval | None:
+    """Wilson score interval for passed/n; None when n == 0."""
+    if n <= 0:
+        return None
+    lo, hi = proportion_confint(passed, n, alpha=1 - confidence, method="wilson")
+    return float(lo), float(hi)
+
+
+def bootstrap_mean(
+    values: Iterable[float],
+    confidence: float = 0.95,
+    *,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = SEED,
+) -> Interval | None:
+    """Bootstrap interval for the mean of `values` (BCa; percentile where BCa is undefined).
+
+    None for fewer than 2 values (no spread to resample); (v, v) when every value is v.
+    """
+    data = np.asarray(list(values), dtype=float)
+    if data.size < 2:
+        return None
+    if np.all(data == data[0]):
+        return float(data[0]), float(data[0])
+    ci = None
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            # BCa is undefined (nan, with a warning) for some discrete samples.
+            warnings.simplefilter("ignore")
+            res = sps.bootstrap(
+                (data,),
+                np.mean,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                method=method,
+                random_state=np.random.default_rng(seed),
+            )
+        ci = res.confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    assert ci is not None
+    return float(ci.low), float(ci.high)
+
+
+# --------------------------------------------------------------------------- repeats
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n repeats with c passes: 1 - C(n-c, k) / C(n, k)."""
+    _check_nck(n, c, k)
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_pow_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass^k (all k draws pass) from n repeats with c passes: C(c, k) / C(n, k)."""
+    _check_nck(n, c, k)
+    return math.comb(c, k) / math.comb(n, k)
+
+
+def _check_nck(n: int, c: int, k: int) -> None:
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+
+
+@dataclass(frozen=True)
+class RepeatStats:
+    flake_rate: float  # share of tests (with 2+ repeats) whose repeats disagree
+    pass_at_k: float  # mean over tests
+    pass_pow_k: float  # mean over tests
+    k: int
+
+
+def repeat_stats(outcomes: Sequence[Sequence[bool]], k: int | None = None) -> RepeatStats | None:
+    """Flake rate, pass@k and pass^k over tests, each given as its list of repeat outcomes."""
+    tests = [list(map(bool, o)) for o in outcomes if len(o) > 0]
+    repeated = [t for t in tests if len(t) > 1]
+    if not repeated:
+        return None
+    k = k or max(len(t) for t in tests)
+    flaky = sum(len(set(t)) > 1 for t in repeated)
+    at = [pass_at_k(len(t), sum(t), min(k, len(t))) for t in tests]
+    pw = [pass_pow_k(len(t), sum(t), min(k, len(t))) for t in tests]
+    return RepeatStats(flaky / len(repeated), float(np.mean(at)), float(np.mean(pw)), k)
+
+
+# --------------------------------------------------------------------------- power
+
+
+def tests_needed(
+    n_tests: int,
+    discordance: float,
+    detect_points: float = DETECT_POINTS,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> int:
+    """How many more paired tests would detect a `detect_points` difference (never negative).
+
+    Normal-approximation sample size for McNemar's test, Connor R.J. (1987), "Sample size for
+    testing differences in proportions for the paired-sample design", Biometrics 43(1):207-211:
+        n = (z_{1-alpha/2} * sqrt(psi) + z_{1-beta} * sqrt(psi - delta^2))^2 / delta^2
+    with delta the difference to detect and psi the discordance rate, here the observed mean of
+    squared per-test differences (the share of discordant tests for single outcomes). A true
+    difference of delta needs psi >= delta, so psi is floored at delta: zero observed
+    discordance then still gives a finite, honest answer.
+    """
+    delta = detect_points / 100
+    psi = max(float(discordance), delta)
+    z_a = float(sps.norm.ppf(1 - alpha / 2))
+    z_b = float(sps.norm.ppf(power))
+    n = (z_a * math.sqrt(psi) + z_b * math.sqrt(max(psi - delta**2, 0.0))) ** 2 / delta**2
+    return max(0, math.ceil(n - 1e-9) - n_tests)
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+@dataclass
+class Comparison:
+    """A vs B over the tests they share. Differences are B - A; pass rates in [0, 1], `diff`
+    and its interval in points (percentage points), score differences in score units."""
+
+    a: str
+    b: str
+    n_tests: int
+    a_pass_rate: float | None = None
+    b_pass_rate: float | None = None
+    diff: float | None = None
+    diff_lo: float | None = None
+    diff_hi: float | None = None
+    method: str = ""
+    p_value: float | None = None
+    p_holm: float | None = None
+    a_only: int = 0  # tests where A did better (passed while B failed, or a higher pass rate)
+    b_only: int = 0  # tests where B did better
+    score_diff: float | None = None
+    score_diff_lo: float | None = None
+    score_diff_hi: float | None = None
+    score_p_value: float | None = None
+    score_p_holm: float | None = None
+    significant: bool = False  # pass-rate difference significant at ALPHA after Holm
+    tests_needed: int | None = None  # more tests to detect DETECT_POINTS (when not significant)
+    verdict: str = ""
+    dimension: str = ""  # "prompt", "model" or "setting" (compare_run)
+    group: str = ""  # the fixed parts, e.g. "model: smollm2 · setting: temperature=0.7"
+    unpaired: int = 0  # tests only one side has, left out
+    score_significant: bool = False  # score difference significant at ALPHA after Holm
+    detect_points: float = DETECT_POINTS  # the difference tests_needed is sized for
+    power_tests: int | None = None  # tests_needed whatever the verdict
+
+    def as_dict(self) -> dict[str, Any]:
+        """The COMPARISON_COLUMNS, as plain Python values."""
+        data = asdict(self)
+        return {name: data[name] for name in COMPARISON_COLUMNS}
+
+
+def _per_test(values: Sequence[Any]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for v in values:
+        if isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)):
+            out.append([float(v)])
+        else:
+            out.append([float(x) for x in v])
+    return out
+
+
+def _sum(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.asarray(np.sum(x, axis=axis))
+
+
+def permutation_p(diffs: Sequence[float] | np.ndarray) -> float:
+    """Two-sided paired permutation test that the mean of per-test differences B - A is zero.
+
+    ``scipy.stats.permutation_test`` on the differences with permutation_type="samples", which
+    for one sample flips the sign of each difference independently (swapping A and B within a
+    test). Zero differences are dropped first: their sign flips change nothing, and fewer values
+    make scipy enumerate all 2^n flips exactly (n <= 13) instead of sampling N_PERMUTATIONS.
+    For 0/1 outcomes this is exactly the two-sided exact McNemar (sign) test.
+    """
+    d = np.asarray(diffs, dtype=float)
+    d = d[d != 0]
+    if d.size < 2:
+        return 1.0  # one difference: its two sign flips are equally extreme (scipy needs 2+)
+    p = 1.0
+    # Sequential: a quick pass, then the full count only where p is small enough to matter
+    # (scipy's cost grows with tests x resamples; a p above ALPHA stays above it after Holm).
+    for n_resamples in (N_PERMUTATIONS_QUICK, N_PERMUTATIONS):
+        res = sps.permutation_test(
+            (d,),
+            _sum,
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=n_resamples,
+            alternative="two-sided",
+            random_state=np.random.default_rng(SEED),
+        )
+        p = float(min(1.0, res.pvalue))
+        if p > 1.2 * ALPHA or 2**d.size <= n_resamples:  # clearly not significant, or exact
+            break
+    return p
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+def paired(
+    a_pass: Sequence[Outcome],
+    b_pass: Sequence[Outcome],
+    a_scores: Sequence[Score] | None = None,
+    b_scores: Sequence[Score] | None = None,
+    labels: tuple[str, str] = ("A", "B"),
+    *,
+    detect_points: float = DETECT_POINTS,
+) -> Comparison:
+    """Compare A and B over aligned tests (element i of each sequence is the same test)."""
+    if len(a_pass) != len(b_pass):
+        raise ValueError(f"a_pass has {len(a_pass)} tests but b_pass has {len(b_pass)}")
+    a_out, b_out = _per_test(a_pass), _per_test(b_pass)
+    c = Comparison(labels[0], labels[1], len(a_out), detect_points=detect_points)
+    if not a_out:
+        c.verdict = verdict(c)
+        return c
+    a_rate = np.array([sum(t) / len(t) for t in a_out])
+    b_rate = np.array([sum(t) / len(t) for t in b_out])
+    d = b_rate - a_rate
+    c.a_pass_rate, c.b_pass_rate = _round(a_rate.mean()), _round(b_rate.mean())
+    c.diff = _round(100 * d.mean(), 2)
+    ci = bootstrap_mean(d)
+    if ci is not None:
+        c.diff_lo, c.diff_hi = _round(100 * ci[0], 2), _round(100 * ci[1], 2)
+    c.a_only, c.b_only = int((d < 0).sum()), int((d > 0).sum())
+    if all(len(t) == 1 for t in a_out + b_out):
+        c.method = "mcnemar-exact"
+        n11 = int(((a_rate == 1) & (b_rate == 1)).sum())
+        n00 = int(((a_rate == 0) & (b_rate == 0)).sum())
+        table = [[n11, c.a_only], [c.b_only, n00]]
+        c.p_value = float(mcnemar(table, exact=True).pvalue)
+    else:
+        c.method = "permutation"
+        c.p_value = permutation_p(d)
+    c.p_holm = c.p_value
+    if a_scores is not None and b_scores is not None:
+        if not len(a_scores) == len(b_scores) == len(a_out):
+            raise ValueError("scores must have one entry per test, like the outcomes")
+        a_s = np.array([sum(t) / len(t) for t in _per_test(a_scores)])
+        b_s = np.array([sum(t) / len(t) for t in _per_test(b_scores)])
+        sd = b_s - a_s
+        c.score_diff = _round(sd.mean())
+        if np.array_equal(sd, d):  # 0/1 scores that move with the outcomes: the same numbers
+            sci, c.score_p_value = ci, c.p_value
+        else:
+            sci, c.score_p_value = bootstrap_mean(sd), permutation_p(sd)
+        if sci is not None:
+            c.score_diff_lo, c.score_diff_hi = _round(sci[0]), _round(sci[1])
+        c.score_p_holm = c.score_p_value
+    c.power_tests = tests_needed(c.n_tests, float(np.mean(d**2)), detect_points)
+    _decide(c)
+    return c
+
+
+def _decide(c: Comparison) -> None:
+    c.significant = c.p_holm is not None and c.p_holm < ALPHA
+    c.score_significant = c.score_p_holm is not None and c.score_p_holm < ALPHA
+    c.tests_needed = None if c.significant else c.power_tests
+    c.verdict = verdict(c)
+
+
+def holm(comparisons: Sequence[Comparison]) -> None:
+    """Holm-adjust p_value -> p_holm and score_p_value -> score_p_holm (separate families)
+    across `comparisons`, in place, then update `significant` and the verdicts."""
+    for raw, adjusted in (("p_value", "p_holm"), ("score_p_value", "score_p_holm")):
+        family = [c for c in comparisons if getattr(c, raw) is not None]
+        if not family:
+            continue
+        p = multipletests([getattr(c, raw) for c in family], alpha=ALPHA, method="holm")[1]
+        for c, value in zip(family, p, strict=True):
+            setattr(c, adjusted, min(1.0, float(value)))
+    for c in comparisons:
+        _decide(c)
+
+
+def _p(p: float) -> str:
+    if p < 0.001:
+        return "p<0.001"
+    return f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
+def _points(diff: float, lo: float | None, hi: float | None) -> str:
+    text = f"{diff:+.0f} points"
+    if lo is not None and hi is not None:
+        text += f" [{lo:.0f}, {hi:.0f}]"
+    return text
+
+
+def verdict(c: Comparison) -> str:
+    """One plain-language sentence about a comparison, naming both sides.
+
+    Signs are B - A ("B vs A: +3 points" means B passed 3 points more); p is the Holm-adjusted
+    p-value; a winner is named only when that is below ALPHA.
+    """
+    if c.n_tests == 0 or c.diff is None or c.p_holm is None:
+        return f"{c.b} vs {c.a}: no shared tests to compare"
+    if c.significant:
+        if c.diff >= 0:
+            winner, loser, diff, lo, hi = c.b, c.a, c.diff, c.diff_lo, c.diff_hi
+        else:
+            winner, loser = c.a, c.b
+            diff = -c.diff
+            lo = None if c.diff_hi is None else -c.diff_hi
+            hi = None if c.diff_lo is None else -c.diff_lo
+        return f"{winner} beats {loser} by {_points(diff, lo, hi)}, {_p(c.p_holm)}"
+    numbers = f"{_points(c.diff, c.diff_lo, c.diff_hi)}, {_p(c.p_holm)}"
+    if c.a_only == 0 and c.b_only == 0:
+        text, sep = f"{c.b} vs {c.a}: no difference, same results on all {_tests(c.n_tests)}", "; "
+    elif c.n_tests < MIN_TESTS:
+        text, sep = f"{c.b} vs {c.a}: too few tests to tell ({numbers})", ": "
+    else:
+        text, sep = f"{c.b} vs {c.a}: no detectable difference ({numbers})", ": "
+    if c.score_significant and c.score_diff is not None and c.score_p_holm is not None:
+        better = c.b if c.score_diff > 0 else c.a
+        lo, hi = c.score_diff_lo, c.score_diff_hi
+        if c.score_diff < 0 and lo is not None and hi is not None:
+            lo, hi = -hi, -lo
+        interval = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+        text += (
+            f", but {better} scores higher by {abs(c.score_diff):.2f}{interval}, "
+            f"{_p(c.score_p_holm)}"
+        )
+    elif c.tests_needed is not None:
+        points = f"{c.detect_points:g} points"
+        if c.tests_needed > 0:
+            more = "1 more test" if c.tests_needed == 1 else f"{c.tests_needed} more tests"
+            text += f"{sep}about {more} would be needed to detect {points}"
+        else:
+            text += (
+                f"{sep}{_tests(c.n_tests)} would likely have shown {points}, so any gap is smaller"
+            )
+    return text
+
+
+def _tests(n: int) -> str:
+    return "1 test" if n == 1 else f"{n} tests"
+
+
+# --------------------------------------------------------------------------- whole runs
+
+Key = tuple[str, str, str]  # model, prompt, setting
+
+
+def _variants(rows: Iterable[dict[str, Any]]) -> dict[Key, dict[Any, list[tuple[bool, float]]]]:
+    """(model, prompt, setting) -> test_index -> [(passed, score) per repeat], first-seen order."""
+    variants: dict[Key, dict[Any, list[tuple[bool, float]]]] = {}
+    for row in rows:
+        key = (str(row["model"]), str(row["prompt"]), str(row.get("setting") or ""))
+        passed = row.get("status") == "pass" if "status" in row else bool(row.get("pass"))
+        score = row.get("score")
+        value = 0.0 if row.get("status") == "error" or score is None else float(score)
+        if math.isnan(value):
+            value = 0.0
+        variants.setdefault(key, {}).setdefault(row["test_index"], []).append((passed, value))
+    return variants
+
+
+def variant_stats(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model x prompt x setting: counts, intervals, repeat metrics and rank."""
+    out: list[dict[str, Any]] = []
+    for (model, prompt, setting), tests in _variants(rows).items():
+        outcomes = [[p for p, _ in cells] for cells in tests.values()]
+        cells = sum(len(o) for o in outcomes)
+        passed = sum(sum(o) for o in outcomes)
+        scores = [float(np.mean([s for _, s in cells])) for cells in tests.values()]
+        all_scores = [s for cells in tests.values() for _, s in cells]
+        ci = wilson(passed, cells)
+        sci = bootstrap_mean(scores)
+        rep = repeat_stats(outcomes)
+        out.append(
+            {
+                "model": model,
+                "prompt": prompt,
+                "setting": setting,
+                "tests": len(outcomes),
+                "repeats": max((len(o) for o in outcomes), default=0),
+                "cells": cells,
+                "passed": passed,
+                "pass_rate": _round(passed / cells) if cells else None,
+                "pass_rate_lo": _round(ci[0]) if ci else None,
+                "pass_rate_hi": _round(ci[1]) if ci else None,
+                "mean_score": _round(float(np.mean(all_scores))) if all_scores else None,
+                "mean_score_lo": _round(sci[0]) if sci else None,
+                "mean_score_hi": _round(sci[1]) if sci else None,
+                "flake_rate": _round(rep.flake_rate) if rep else None,
+                "pass_at_k": _round(rep.pass_at_k) if rep else None,
+                "pass_pow_k": _round(rep.pass_pow_k) if rep else None,
+                "k": rep.k if rep else None,
+            }
+        )
+    for model in dict.fromkeys(r["model"] for r in out):
+        mine = [r for r in out if r["model"] == model]
+        for r in mine:
+            rate = r["pass_rate"] if r["pass_rate"] is not None else -1.0
+            r["rank"] = 1 + sum(
+                (o["pass_rate"] if o["pass_rate"] is not None else -1.0) > rate for o in mine
+            )
+    return out
+
+
+_DIMENSIONS = (("prompt", 1), ("model", 0), ("setting", 2))  # dimension, index in Key
+_NAMES = ("model", "prompt", "setting")
+
+
+def compare_run(
+    rows: Iterable[dict[str, Any]], *, detect_points: float = DETECT_POINTS
+) -> list[dict[str, Any]]:
+    """Every paired comparison in a run (prompts, models, settings), Holm-adjusted, as dicts."""
+    variants = _variants(rows)
+    comparisons: list[Comparison] = []
+    for dimension, axis in _DIMENSIONS:
+        groups: dict[tuple[str, ...], list[Key]] = {}
+        for key in variants:
+            fixed = tuple(v for i, v in enumerate(key) if i != axis)
+            groups.setdefault(fixed, []).append(key)
+        for fixed, keys in groups.items():
+            names = [n for i, n in enumerate(_NAMES) if i != axis]
+            group = " · ".join(f"{n}: {v}" for n, v in zip(names, fixed, strict=True) if v)
+            for ka, kb in combinations(keys, 2):
+                ta, tb = variants[ka], variants[kb]
+                shared = [t for t in ta if t in tb]
+                if not shared:
+                    continue  # nothing to pair (e.g. choice-only cells outside the grid)
+                c = paired(
+                    [[p for p, _ in ta[t]] for t in shared],
+                    [[p for p, _ in tb[t]] for t in shared],
+                    [[s for _, s in ta[t]] for t in shared],
+                    [[s for _, s in tb[t]] for t in shared],
+                    (ka[axis] or "(default)", kb[axis] or "(default)"),
+                    detect_points=detect_points,
+                )
+                c.dimension, c.group = dimension, group
+                c.unpaired = len(set(ta) ^ set(tb))
+                comparisons.append(c)
+    holm(comparisons)
+    return [c.as_dict() for c in comparisons]

@@ -1,0 +1,517 @@
+"""promptlab.stats: known values, agreement with scipy, properties, and the reports end to end."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import CliResult, Project
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+from scipy.special import comb
+
+from promptlab import stats
+from promptlab.stats import Comparison
+
+Cli = Callable[..., CliResult]
+Z = 1.959963984540054  # z_{0.975}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# --- Wilson -------------------------------------------------------------------------------------
+
+
+def wilson_by_hand(k: int, n: int) -> tuple[float, float]:
+    p = k / n
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    half = Z * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2)) / (1 + Z**2 / n)
+    return centre - half, centre + half
+
+
+def test_wilson_8_of_10_by_hand() -> None:
+    lo, hi = stats.wilson(8, 10) or (0, 0)
+    assert (lo, hi) == pytest.approx((0.49016, 0.94332), abs=1e-5)
+    assert (lo, hi) == pytest.approx(wilson_by_hand(8, 10), abs=1e-12)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (1, 3), (37, 50), (500, 1000)])
+def test_wilson_agrees_with_the_formula_and_scipy(k: int, n: int) -> None:
+    got = stats.wilson(k, n)
+    assert got is not None
+    assert got == pytest.approx(wilson_by_hand(k, n), abs=1e-12)
+    ci = sps.binomtest(k, n).proportion_ci(method="wilson")
+    assert got == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_wilson_of_nothing_is_none() -> None:
+    assert stats.wilson(0, 0) is None
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+
+def test_bootstrap_matches_scipy_bca_with_the_same_seed() -> None:
+    values = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2, 0.55, 0.6, 0.05, 0.7]
+    res = sps.bootstrap(
+        (np.array(values),),
+        np.mean,
+        n_resamples=stats.N_BOOTSTRAP,
+        method="BCa",
+        random_state=np.random.default_rng(stats.SEED),
+    )
+    assert stats.bootstrap_mean(values) == pytest.approx(
+        (res.confidence_interval.low, res.confidence_interval.high)
+    )
+
+
+def test_bootstrap_degenerate_inputs() -> None:
+    assert stats.bootstrap_mean([]) is None
+    assert stats.bootstrap_mean([0.7]) is None
+    assert stats.bootstrap_mean([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert stats.bootstrap_mean([1, 1, 1, 1, 1, 1, 1, 1, 1, 0]) is not None  # BCa or percentile
+    assert stats.bootstrap_mean([1.0, 2.0]) == stats.bootstrap_mean([1.0, 2.0])  # fixed seed
+
+
+samples = st.lists(
+    st.floats(min_value=-100, max_value=100, allow_nan=False, allow_infinity=False),
+    min_size=2,
+    max_size=40,
+)
+bounded = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@bounded
+@given(samples)
+def test_bootstrap_interval_contains_the_sample_mean(values: list[float]) -> None:
+    ci = stats.bootstrap_mean(values)
+    assert ci is not None
+    mean = float(np.mean(values))
+    slack = 1e-9 * (1 + abs(mean))
+    assert ci[0] - slack <= mean <= ci[1] + slack
+
+
+@bounded
+@given(samples.filter(lambda v: max(v) - min(v) > 1e-3))
+def test_bootstrap_interval_narrows_with_more_tests(values: list[float]) -> None:
+    small = stats.bootstrap_mean(values)
+    large = stats.bootstrap_mean(values * 16)  # the same data, 16 times as many tests
+    assert small is not None and large is not None
+    width_small, width_large = small[1] - small[0], large[1] - large[0]
+    assert width_large < width_small
+    assert width_large <= 0.6 * width_small  # about a quarter: width ~ 1/sqrt(n)
+
+
+# --- repeats ------------------------------------------------------------------------------------
+
+
+def pass_at_k_by_enumeration(n: int, c: int, k: int) -> tuple[float, float]:
+    """Share of k-subsets of the n repeats with at least one pass / with only passes."""
+    outcomes = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(outcomes, k))
+    return (
+        sum(any(s) for s in subsets) / len(subsets),
+        sum(all(s) for s in subsets) / len(subsets),
+    )
+
+
+def test_pass_at_k_hand_cases() -> None:
+    assert stats.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert stats.pass_at_k(5, 1, 5) == 1.0
+    assert stats.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    assert stats.pass_at_k(3, 0, 3) == 0.0
+    assert stats.pass_pow_k(5, 4, 2) == pytest.approx(6 / 10)
+    assert stats.pass_pow_k(3, 3, 3) == 1.0
+    assert stats.pass_pow_k(3, 2, 3) == 0.0
+    assert stats.pass_pow_k(4, 2, 1) == pytest.approx(0.5)  # k = 1: the pass rate
+    with pytest.raises(ValueError):
+        stats.pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        stats.pass_pow_k(3, 1, 4)
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k"), [(n, c, k) for n in (1, 3, 6) for c in range(n + 1) for k in range(1, n + 1)]
+)
+def test_pass_at_k_matches_enumeration_and_scipy_comb(n: int, c: int, k: int) -> None:
+    at, pw = pass_at_k_by_enumeration(n, c, k)
+    assert stats.pass_at_k(n, c, k) == pytest.approx(at)
+    assert stats.pass_pow_k(n, c, k) == pytest.approx(pw)
+    assert stats.pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_repeat_stats() -> None:
+    r = stats.repeat_stats([[True, False, True], [True, True, True], [False, False, False]])
+    assert r is not None
+    assert r.k == 3
+    assert r.flake_rate == pytest.approx(1 / 3)
+    assert r.pass_at_k == pytest.approx(2 / 3)
+    assert r.pass_pow_k == pytest.approx(1 / 3)
+    r1 = stats.repeat_stats([[True, False, True], [True, True, True]], k=1)
+    assert r1 is not None and r1.pass_at_k == pytest.approx(r1.pass_pow_k) == pytest.approx(5 / 6)
+    assert stats.repeat_stats([[True], [False]]) is None  # no repeats, nothing to say
+
+
+# --- paired tests -------------------------------------------------------------------------------
+
+
+def discordant(
+    a_only: int, b_only: int, both: int = 5, neither: int = 5
+) -> tuple[list[bool], list[bool]]:
+    a = [True] * both + [True] * a_only + [False] * b_only + [False] * neither
+    b = [True] * both + [False] * a_only + [True] * b_only + [False] * neither
+    return a, b
+
+
+def test_mcnemar_exact_1_vs_9_by_hand() -> None:
+    a, b = discordant(1, 9)
+    c = stats.paired(a, b, labels=("zero_shot", "few_shot"))
+    assert c.method == "mcnemar-exact"
+    assert (c.a_only, c.b_only, c.n_tests) == (1, 9, 20)
+    assert c.p_value == pytest.approx(2 * sps.binom.cdf(1, 10, 0.5))
+    assert c.p_value == pytest.approx(0.021484375)  # 22 / 1024
+    assert c.p_value == pytest.approx(sps.binomtest(1, 10, 0.5).pvalue)
+    assert c.diff == pytest.approx(40.0)  # (9 - 1) / 20 tests, in points
+    assert c.diff_lo is not None and c.diff_hi is not None
+    assert c.diff_lo < 40 < c.diff_hi
+    assert (c.a_pass_rate, c.b_pass_rate) == (0.3, 0.7)
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(0, 5), (0, 6), (3, 3), (2, 12), (0, 0), (7, 1)])
+def test_mcnemar_agrees_with_scipy_binomtest(a_only: int, b_only: int) -> None:
+    a, b = discordant(a_only, b_only)
+    c = stats.paired(a, b)
+    expected = 1.0 if a_only + b_only == 0 else sps.binomtest(a_only, a_only + b_only).pvalue
+    assert c.p_value == pytest.approx(expected, rel=1e-3)
+
+
+def test_sign_flip_permutation_of_0_1_outcomes_is_exact_mcnemar() -> None:
+    assert stats.permutation_p([1.0] * 9 + [-1.0] + [0.0] * 10) == pytest.approx(22 / 1024)
+
+
+def test_permutation_p_agrees_with_scipy_two_sample_form() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random(9), rng.random(9) + 0.3
+    res = sps.permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(y - x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=10_000,  # more than 2^9: scipy enumerates every pairing exactly
+    )
+    assert stats.permutation_p(b - a) == pytest.approx(res.pvalue)
+    assert stats.permutation_p(np.zeros(5)) == 1.0
+    assert stats.permutation_p([0.0, 0.0, 0.3]) == 1.0  # a single non-zero difference
+    assert stats.permutation_p([]) == 1.0
+
+
+def test_repeats_use_a_permutation_test_on_per_test_pass_rates() -> None:
+    a = [[True, False, False]] * 8
+    b = [[True, True, True]] * 8
+    c = stats.paired(a, b, labels=("a", "b"))
+    assert c.method == "permutation"
+    assert c.diff == pytest.approx(200 / 3, abs=0.01)
+    assert c.p_value == pytest.approx(2 / 2**8)  # exact: every sign flip enumerated
+    assert c.significant
+
+
+def test_scores_get_their_own_paired_test() -> None:
+    a, b = discordant(0, 0, both=10, neither=0)  # same pass/fail
+    a_scores = [0.5 + 0.01 * i for i in range(10)]
+    b_scores = [s + 0.2 for s in a_scores]
+    c = stats.paired(a, b, a_scores, b_scores, ("a", "b"))
+    assert c.p_value == 1.0
+    assert c.score_diff == pytest.approx(0.2)
+    assert c.score_diff_lo == pytest.approx(0.2) == c.score_diff_hi  # constant differences
+    assert c.score_p_value == pytest.approx(2 / 2**10)
+    assert c.verdict.startswith("b vs a: no difference, same results on all 10 tests")
+    assert "but b scores higher by 0.20" in c.verdict
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    with pytest.raises(ValueError):
+        stats.paired([True], [True, False])
+    with pytest.raises(ValueError):
+        stats.paired([True], [False], [1.0, 2.0], [1.0])
+
+
+# --- Holm, power, verdicts ----------------------------------------------------------------------
+
+
+def test_holm_on_a_known_vector() -> None:
+    raw = [0.01, 0.04, 0.03, 0.005]
+    comparisons = [
+        Comparison("a", f"b{i}", 50, diff=5.0, p_value=p, score_p_value=0.5)
+        for i, p in enumerate(raw)
+    ]
+    stats.holm(comparisons)
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.06
+    assert [c.p_holm for c in comparisons] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [c.significant for c in comparisons] == [True, False, False, True]
+    # The score family is adjusted on its own: four p-values of 0.5 stay 1.0 after Holm.
+    assert [c.score_p_holm for c in comparisons] == [1.0] * 4
+
+
+def test_tests_needed_connor_formula_by_hand() -> None:
+    za, zb = Z, 0.8416212335729143
+    by_hand = (za * math.sqrt(0.2) + zb * math.sqrt(0.2 - 0.01)) ** 2 / 0.01  # 154.6
+    assert stats.tests_needed(0, 0.2) == math.ceil(by_hand) == 155
+    assert stats.tests_needed(100, 0.2) == 55
+    assert stats.tests_needed(10_000, 0.2) == 0  # never negative
+    # No discordance observed: psi is floored at delta (a 10-point gap needs 10% discordant).
+    floor = (za * math.sqrt(0.1) + zb * math.sqrt(0.1 - 0.01)) ** 2 / 0.01
+    assert stats.tests_needed(0, 0.0) == math.ceil(floor) == 77
+    assert stats.tests_needed(20, 0.0, detect_points=20) < stats.tests_needed(20, 0.0)
+
+
+def test_verdict_significant() -> None:
+    a, b = discordant(1, 9)
+    c = stats.paired(a, b, labels=("zero_shot", "few_shot"))
+    assert c.significant
+    assert c.tests_needed is None
+    assert c.verdict == "few_shot beats zero_shot by +40 points [15, 65], p=0.02"
+    # The other way round, the winner is still named with a positive difference.
+    flipped = stats.paired(b, a, labels=("few_shot", "zero_shot"))
+    assert flipped.diff == -40.0
+    assert flipped.verdict == "few_shot beats zero_shot by +40 points [15, 65], p=0.02"
+
+
+def test_verdict_not_significant_says_how_many_tests_are_missing() -> None:
+    a, b = discordant(3, 5, both=10, neither=12)  # 30 tests, 8 discordant
+    c = stats.paired(a, b, labels=("plain", "chat"))
+    assert not c.significant
+    needed = stats.tests_needed(30, 8 / 30)
+    assert c.tests_needed == needed > 0
+    assert c.verdict.startswith("chat vs plain: no detectable difference (+7 points [")
+    assert c.verdict.endswith(
+        f"p=0.73): about {needed} more tests would be needed to detect 10 points"
+    )
+
+
+def test_verdict_identical_variants() -> None:
+    a, _ = discordant(0, 0, both=12, neither=8)
+    c = stats.paired(a, a, [1.0] * 20, [1.0] * 20, ("a", "b"))
+    assert (c.diff, c.diff_lo, c.diff_hi, c.p_value, c.score_p_value) == (0, 0, 0, 1.0, 1.0)
+    assert c.verdict == (
+        "b vs a: no difference, same results on all 20 tests; "
+        "about 57 more tests would be needed to detect 10 points"
+    )
+
+
+def test_verdict_with_too_few_tests_and_with_none() -> None:
+    c = stats.paired([True, True], [False, False], labels=("a", "b"))
+    assert c.p_value == 0.5
+    assert c.verdict.startswith("b vs a: too few tests to tell (-100 points [-100, -100], p=0.50)")
+    one = stats.paired([True], [False], labels=("a", "b"))
+    assert (one.diff_lo, one.diff_hi) == (None, None)  # no interval from one test
+    assert one.verdict.startswith("b vs a: too few tests to tell (-100 points, p=1.00)")
+    none = stats.paired([], [], labels=("a", "b"))
+    assert none.verdict == "b vs a: no shared tests to compare"
+    assert none.as_dict()["p_value"] is None
+
+
+def test_enough_tests_and_still_no_difference() -> None:
+    a, b = discordant(20, 22, both=300, neither=300)
+    c = stats.paired(a, b, labels=("a", "b"))
+    assert c.tests_needed == 0
+    assert c.verdict.endswith("642 tests would likely have shown 10 points, so any gap is smaller")
+
+
+# --- whole runs ---------------------------------------------------------------------------------
+
+
+def rows_for(
+    table: dict[tuple[str, str, str], list[bool | list[bool]]],
+) -> list[dict[str, Any]]:
+    rows = []
+    for (model, prompt, setting), outcomes in table.items():
+        for i, o in enumerate(outcomes):
+            for ok in o if isinstance(o, list) else [o]:
+                rows.append(
+                    {
+                        "model": model,
+                        "prompt": prompt,
+                        "setting": setting,
+                        "test_index": i,
+                        "status": "pass" if ok else "fail",
+                        "score": float(ok),
+                    }
+                )
+    return rows
+
+
+def test_compare_run_covers_prompts_models_and_settings() -> None:
+    good, bad = [True] * 12, [False] * 2 + [True] * 10
+    table: dict[tuple[str, str, str], list[bool | list[bool]]] = {}
+    for m in ("m1", "m2"):
+        for p in ("p1", "p2"):
+            for s in ("temperature=0", "temperature=1"):
+                table[(m, p, s)] = list(good if p == "p2" else bad)
+    table[("m1", "p1", "temperature=0")] = list(bad[:-1])  # one test missing: unpaired
+    comparisons = stats.compare_run(rows_for(table))
+    assert len(comparisons) == 12  # 4 groups in each of 3 dimensions, one pair each
+    assert all(list(c) == list(stats.COMPARISON_COLUMNS) for c in comparisons)
+    by_dim = {
+        d: [c for c in comparisons if c["dimension"] == d] for d in ("prompt", "model", "setting")
+    }
+    assert all(len(v) == 4 for v in by_dim.values())
+    first = by_dim["prompt"][0]
+    assert (first["a"], first["b"], first["group"]) == (
+        "p1",
+        "p2",
+        "model: m1 · setting: temperature=0",
+    )
+    assert (first["n_tests"], first["unpaired"]) == (11, 1)
+    assert by_dim["model"][0]["group"] == "prompt: p1 · setting: temperature=0"
+    assert by_dim["setting"][0]["group"] == "model: m1 · prompt: p1"
+    assert by_dim["setting"][0]["a"] == "temperature=0"
+    # Holm across all 12: the raw p of 0.5 for 2 discordant tests only grows.
+    assert all(c["p_holm"] >= c["p_value"] for c in comparisons)
+    for c in comparisons:
+        assert all(not isinstance(v, (np.generic, np.ndarray)) for v in c.values())
+
+
+def test_errors_count_as_fails_with_score_zero() -> None:
+    rows = rows_for({("m", "a", ""): [True] * 8, ("m", "b", ""): [True] * 8})
+    for row in rows[8:]:
+        row.update(status="error", score=None)
+    (c,) = stats.compare_run(rows)
+    assert (c["b_pass_rate"], c["score_diff"], c["a_only"]) == (0.0, -1.0, 8)
+    assert c["verdict"].startswith("a beats b by +100 points")
+
+
+def test_variant_stats_repeats_and_rank() -> None:
+    table: dict[tuple[str, str, str], list[bool | list[bool]]] = {
+        ("m", "flaky", ""): [[True, False, True], [True, True, True], [False, False, False]],
+        ("m", "steady", ""): [[True] * 3] * 3,
+        ("m", "single", ""): [True, False, True],
+    }
+    flaky, steady, single = stats.variant_stats(rows_for(table))
+    assert (flaky["tests"], flaky["repeats"], flaky["cells"], flaky["k"]) == (3, 3, 9, 3)
+    assert flaky["flake_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert flaky["pass_at_k"] == pytest.approx(2 / 3, abs=1e-4)
+    assert flaky["pass_pow_k"] == pytest.approx(1 / 3, abs=1e-4)
+    assert (steady["flake_rate"], steady["pass_at_k"], steady["pass_pow_k"]) == (0, 1, 1)
+    assert single["k"] is single["flake_rate"] is single["pass_at_k"] is None
+    assert (steady["rank"], single["rank"], flaky["rank"]) == (1, 2, 3)
+    lo, hi = stats.wilson(5, 9) or (0, 0)
+    assert (flaky["pass_rate_lo"], flaky["pass_rate_hi"]) == (round(lo, 4), round(hi, 4))
+
+
+def test_stats_is_not_imported_for_help() -> None:
+    code = "import sys, promptlab.cli; print(sorted({'scipy', 'statsmodels'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- end to end on the fake backend -------------------------------------------------------------
+
+
+def suite_text(extra: str = "", n: int = 20) -> str:
+    # echo returns the prompt: few_shot's template always holds "good", zero_shot's only when
+    # the test's own variable does (2 of n tests), polite never more than zero_shot.
+    tests = "\n".join(
+        f"  - description: t{i}\n    vars: {{q: {'good' if i < 2 else 'item'}{i}}}"
+        for i in range(n)
+    )
+    return f"""
+description: stats
+prompts:
+  - raw: "answer for {{{{ q }}}}"
+    label: zero_shot
+  - raw: "good answer for {{{{ q }}}}"
+    label: few_shot
+  - raw: "answer {{{{ q }}}} please"
+    label: polite
+models:
+  - path: fake://echo
+    label: echo
+    n_ctx: 256
+params:
+  max_tokens: 32
+{extra}
+defaultTest:
+  assert:
+    - type: icontains
+      value: good
+tests:
+{tests}
+"""
+
+
+def test_run_writes_significant_verdict_and_intervals(project: Project, cli: Cli) -> None:
+    path = project.write("evals/s.yaml", suite_text())
+    out = project.root / "out"
+    r = cli("run", path, "-o", out)
+    assert r.code == 100, r.err
+    summary = {s["prompt"]: s for s in read_csv(out / "summary.csv")}
+    for s in summary.values():
+        lo, rate, hi = float(s["pass_rate_lo"]), float(s["pass_rate"]), float(s["pass_rate_hi"])
+        assert 0 <= lo <= rate <= hi <= 1
+        assert float(s["mean_score_lo"]) <= float(s["mean_score"]) <= float(s["mean_score_hi"])
+        assert (s["tests"], s["repeats"]) == ("20", "1")
+        assert s["flake_rate"] == s["pass_at_k"] == s["pass_pow_k"] == s["k"] == ""
+    assert summary["few_shot"]["rank"] == "1"
+    assert summary["zero_shot"]["rank"] == summary["polite"]["rank"] == "2"
+    assert (summary["zero_shot"]["pass_rate_lo"], summary["zero_shot"]["pass_rate_hi"]) == (
+        "0.0279",
+        "0.301",
+    )
+
+    comparisons = read_csv(out / "comparisons.csv")
+    assert list(comparisons[0]) == list(stats.COMPARISON_COLUMNS)
+    pair = {(c["a"], c["b"]): c for c in comparisons}
+    win = pair[("zero_shot", "few_shot")]
+    assert win["significant"] == "True"
+    assert win["method"] == "mcnemar-exact"
+    assert (win["a_only"], win["b_only"], win["n_tests"], win["unpaired"]) == ("0", "18", "20", "0")
+    assert win["verdict"] == "few_shot beats zero_shot by +90 points [70, 100], p<0.001"
+    assert float(win["p_holm"]) == pytest.approx(3 * 2 / 2**18, rel=1e-3)  # Holm over 3 pairs
+    same = pair[("zero_shot", "polite")]
+    assert same["significant"] == "False"
+    assert same["verdict"].startswith("polite vs zero_shot: no difference")
+    assert int(same["tests_needed"]) == 57
+
+    assert "Verdicts" in r.out
+    assert "few_shot beats zero_shot by +90 points [70, 100], p<0.001" in r.out
+    assert "95% CI" in r.out and "3–30" in r.out and "84–100" in r.out
+    assert all(len(line) <= 80 for line in r.out.splitlines())
+
+    rebuilt = cli("report", out)
+    assert rebuilt.code == 0, rebuilt.err
+    assert "few_shot beats zero_shot" in rebuilt.out
+    assert f"wrote {out / 'comparisons.csv'}" in rebuilt.out.replace("\n", "")
+
+
+def test_run_with_repeats_reports_flakiness_and_pass_at_k(project: Project, cli: Cli) -> None:
+    path = project.write(
+        "evals/s.yaml",
+        suite_text("repeat: 3", n=10).replace(
+            "max_tokens: 32", "max_tokens: 32\n  temperature: 0.7"
+        ),
+    )
+    out = project.root / "out"
+    r = cli("run", path, "-o", out)
+    assert r.code == 100, r.err
+    for s in read_csv(out / "summary.csv"):
+        assert (s["repeats"], s["k"], s["tests"], s["cells"]) == ("3", "3", "10", "30")
+        for name in ("flake_rate", "pass_at_k", "pass_pow_k"):
+            assert 0 <= float(s[name]) <= 1
+        assert float(s["pass_pow_k"]) <= float(s["pass_rate"]) <= float(s["pass_at_k"])
+    comparisons = read_csv(out / "comparisons.csv")
+    assert {c["method"] for c in comparisons} == {"permutation"}
+    win = next(c for c in comparisons if (c["a"], c["b"]) == ("zero_shot", "few_shot"))
+    assert win["n_tests"] == "10"  # tests are the unit, not cells
+    assert win["significant"] == "True"  # 8 of 10 tests better: p = 2/2^8, times 3 (Holm)
