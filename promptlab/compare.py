@@ -26,11 +26,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from promptlab import stats
 from promptlab.errors import InputError
 from promptlab.store import MANIFEST, atomic_write, read_manifest, read_results
+
+if TYPE_CHECKING:
+    from promptlab import stats
 
 KINDS = ("regression", "fix", "changed", "same", "only_a", "only_b")
 CSV_COLUMNS = (
@@ -325,6 +327,11 @@ def variant_deltas(diffs: Iterable[CellDiff]) -> list[VariantDelta]:
         b = d.b
         test_key = json.dumps([b.get("test_index"), b.get("test"), b.get("vars")], default=str)
         groups.setdefault(d.variant, {}).setdefault(test_key, []).append(d)
+    # scipy/statsmodels (and pandas, which statsmodels imports) load only here, never on the way
+    # to a model load: imported before llama.cpp loads a model, they crash the load (measured on
+    # an H100 machine: SIGSEGV / "free(): invalid pointer" with the CUDA and the CPU backend).
+    from promptlab import stats  # noqa: PLC0415
+
     out: list[VariantDelta] = []
     for (model, prompt, setting), tests in groups.items():
         units = list(tests.values())

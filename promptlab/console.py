@@ -72,7 +72,7 @@ class RichProgress:
     def model_loaded(self, label: str, facts: dict[str, Any]) -> None:
         rt = facts.get("runtime", {})
         gpu = (
-            f"GPU offload: {rt.get('layers_offloaded', 0)}/{rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}"
+            f"GPU offload: {rt.get('layers_offloaded', 0)}/{rt.get('layers_total') or rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}"
             if rt.get("gpu_offload_supported")
             else "CPU build (no GPU offload)"
         )

@@ -518,7 +518,7 @@ def _footer_html(manifest: dict[str, Any]) -> str:
         load = m.get("load_settings") or {}
         gpu = (
             f"GPU offload {'supported' if rt.get('gpu_offload_supported') else 'not supported'}, "
-            f"{rt.get('layers_offloaded', 0)}/{rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}"
+            f"{rt.get('layers_offloaded', 0)}/{rt.get('layers_total') or rt.get('n_layer', '?')} layers on {rt.get('device', 'CPU')}"
         )
         parts = [
             m.get("file_name", m.get("path")),

@@ -12,6 +12,8 @@
 #   CMAKE_ARGS          extra CMake flags, e.g. "-DGGML_CUDA=on" for NVIDIA GPUs
 #   PROMPTLAB_WHEELS    wheel cache folder (default ~/.cache/promptlab/wheels)
 #   PYTHON              interpreter to install into (default: python)
+#
+# `scripts/build_llama.sh --cmake-args` prints the CMake flags it would use and exits.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_VERSION:-0.3.36}"
@@ -41,6 +43,11 @@ cpu_flags() {
 }
 
 ARGS="$(cpu_flags) -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}"
+# `build_llama.sh --cmake-args`: print the flags and stop (benchmarks/gpu_check.sh reuses them).
+if [[ "${1:-}" == "--cmake-args" ]]; then
+  echo "$ARGS"
+  exit 0
+fi
 PYTAG=$("$PYTHON" -c 'import sys, sysconfig; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{sysconfig.get_platform()}")')
 KEY=$(printf '%s|%s|%s' "$VERSION" "$PYTAG" "$ARGS" | sha256sum | cut -c1-12)
 DIR="$CACHE/llama-cpp-python-$VERSION-$KEY"

@@ -163,6 +163,12 @@ def test_example_suite_end_to_end(tmp_path: Path) -> None:
     assert isinstance(runtime["layers_offloaded"], int)
     assert not isinstance(runtime["layers_offloaded"], bool)
     assert runtime["n_layer"] == 30
+    # llama.cpp counts the output layer as one more: 31 for SmolLM2's 30 blocks.
+    assert runtime["layers_total"] == 31
+    if runtime["gpu_offload_supported"]:
+        assert runtime["layers_offloaded"] == 31, "every layer should be on the GPU by default"
+    else:
+        assert runtime["layers_offloaded"] == 0
     assert runtime["llama_cpp_python"] == "0.3.36"
     assert {"n_ctx", "n_threads", "n_gpu_layers"} <= set(model["load_settings"])
     for name in ("results.csv", "summary.csv", "report.html"):

@@ -189,6 +189,47 @@ def test_mcnemar_exact_1_vs_9_by_hand() -> None:
     assert (c.a_pass_rate, c.b_pass_rate) == (0.3, 0.7)
 
 
+def test_newcombe_without_correlation_is_statsmodels_newcombe() -> None:
+    # both * neither - a_only * b_only = 1 lies in [0, n/2], so Newcombe's shrunk correlation is
+    # 0 and the paired interval is the square-and-add interval statsmodels computes.
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    both, a_only, b_only, neither = 3, 2, 4, 3
+    n = both + a_only + b_only + neither
+    expected = confint_proportions_2indep(
+        both + b_only, n, both + a_only, n, method="newcomb", compare="diff"
+    )
+    assert stats.newcombe_paired(both, a_only, b_only, neither) == pytest.approx(expected)
+
+
+def test_newcombe_agrees_with_mcnemar_on_small_samples() -> None:
+    # 3 of 8 better, none worse: McNemar p=0.25, so the interval must contain 0.
+    lo, hi = stats.newcombe_paired(2, 0, 3, 3) or (0, 0)
+    assert lo < 0 < hi and hi > 0.375
+    # 9 better, 1 worse of 20: McNemar p=0.021, so it must not.
+    lo, hi = stats.newcombe_paired(5, 1, 9, 5) or (0, 0)
+    assert 0 < lo < 0.4 < hi
+    # Same pass rates (50% each), but outcomes that agree on most tests: pairing narrows it.
+    wide = stats.newcombe_paired(5, 5, 5, 5)
+    narrow = stats.newcombe_paired(8, 2, 2, 8)
+    assert wide is not None and narrow is not None
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert stats.newcombe_paired(0, 0, 0, 0) is None
+
+
+def test_verdict_says_when_holm_removes_significance() -> None:
+    a, b = discordant(0, 7, both=5, neither=8)  # alone: p = 2/2^7 = 0.016
+    comparisons = [stats.paired(a, b, labels=("a", "b"))] + [
+        stats.paired(*discordant(1, 1), labels=(f"x{i}", f"y{i}")) for i in range(4)
+    ]
+    stats.holm(comparisons)
+    c = comparisons[0]
+    assert c.p_holm == pytest.approx(5 * 2 / 2**7)
+    assert not c.significant
+    assert c.diff_lo is not None and c.diff_lo > 0
+    assert "after Holm correction over 5 comparisons, not significant (p=0.016 alone)" in c.verdict
+
+
 @pytest.mark.parametrize(("a_only", "b_only"), [(0, 5), (0, 6), (3, 3), (2, 12), (0, 0), (7, 1)])
 def test_mcnemar_agrees_with_scipy_binomtest(a_only: int, b_only: int) -> None:
     a, b = discordant(a_only, b_only)
@@ -281,11 +322,11 @@ def test_verdict_significant() -> None:
     c = stats.paired(a, b, labels=("zero_shot", "few_shot"))
     assert c.significant
     assert c.tests_needed is None
-    assert c.verdict == "few_shot beats zero_shot by +40 points [15, 65], p=0.02"
+    assert c.verdict == "few_shot beats zero_shot by +40 points [10, 61], p=0.02"
     # The other way round, the winner is still named with a positive difference.
     flipped = stats.paired(b, a, labels=("few_shot", "zero_shot"))
     assert flipped.diff == -40.0
-    assert flipped.verdict == "few_shot beats zero_shot by +40 points [15, 65], p=0.02"
+    assert flipped.verdict == "few_shot beats zero_shot by +40 points [10, 61], p=0.02"
 
 
 def test_verdict_not_significant_says_how_many_tests_are_missing() -> None:
@@ -303,7 +344,10 @@ def test_verdict_not_significant_says_how_many_tests_are_missing() -> None:
 def test_verdict_identical_variants() -> None:
     a, _ = discordant(0, 0, both=12, neither=8)
     c = stats.paired(a, a, [1.0] * 20, [1.0] * 20, ("a", "b"))
-    assert (c.diff, c.diff_lo, c.diff_hi, c.p_value, c.score_p_value) == (0, 0, 0, 1.0, 1.0)
+    assert (c.diff, c.p_value, c.score_p_value) == (0, 1.0, 1.0)
+    # Identical on 20 tests still cannot rule out a real difference of several points.
+    assert c.diff_lo is not None and c.diff_hi is not None
+    assert c.diff_lo < -5 and c.diff_hi > 5
     assert c.verdict == (
         "b vs a: no difference, same results on all 20 tests; "
         "about 57 more tests would be needed to detect 10 points"
@@ -313,7 +357,8 @@ def test_verdict_identical_variants() -> None:
 def test_verdict_with_too_few_tests_and_with_none() -> None:
     c = stats.paired([True, True], [False, False], labels=("a", "b"))
     assert c.p_value == 0.5
-    assert c.verdict.startswith("b vs a: too few tests to tell (-100 points [-100, -100], p=0.50)")
+    assert c.verdict.startswith("b vs a: too few tests to tell (-100 points [-100, -"), c.verdict
+    assert ", p=0.50)" in c.verdict
     one = stats.paired([True], [False], labels=("a", "b"))
     assert (one.diff_lo, one.diff_hi) == (None, None)  # no interval from one test
     assert one.verdict.startswith("b vs a: too few tests to tell (-100 points, p=1.00)")
@@ -477,7 +522,7 @@ def test_run_writes_significant_verdict_and_intervals(project: Project, cli: Cli
     assert win["significant"] == "True"
     assert win["method"] == "mcnemar-exact"
     assert (win["a_only"], win["b_only"], win["n_tests"], win["unpaired"]) == ("0", "18", "20", "0")
-    assert win["verdict"] == "few_shot beats zero_shot by +90 points [70, 100], p<0.001"
+    assert win["verdict"] == "few_shot beats zero_shot by +90 points [64, 97], p<0.001"
     assert float(win["p_holm"]) == pytest.approx(3 * 2 / 2**18, rel=1e-3)  # Holm over 3 pairs
     same = pair[("zero_shot", "polite")]
     assert same["significant"] == "False"
@@ -485,7 +530,7 @@ def test_run_writes_significant_verdict_and_intervals(project: Project, cli: Cli
     assert int(same["tests_needed"]) == 57
 
     assert "Verdicts" in r.out
-    assert "few_shot beats zero_shot by +90 points [70, 100], p<0.001" in r.out
+    assert "few_shot beats zero_shot by +90 points [64, 97], p<0.001" in r.out
     assert "95% CI" in r.out and "3–30" in r.out and "84–100" in r.out
     assert all(len(line) <= 80 for line in r.out.splitlines())
 
@@ -515,3 +560,74 @@ def test_run_with_repeats_reports_flakiness_and_pass_at_k(project: Project, cli:
     win = next(c for c in comparisons if (c["a"], c["b"]) == ("zero_shot", "few_shot"))
     assert win["n_tests"] == "10"  # tests are the unit, not cells
     assert win["significant"] == "True"  # 8 of 10 tests better: p = 2/2^8, times 3 (Holm)
+
+
+# --- native-library order (measured crash on a CUDA build; see promptlab/backends/native.py) ----
+
+
+AT_LOAD = """
+import sys
+import promptlab.runner as runner
+real = runner.open_backend
+seen = []
+def spy(*args, **kwargs):
+    seen.append(sorted({"pandas", "pyarrow", "scipy", "statsmodels"} & set(sys.modules)))
+    return real(*args, **kwargs)
+runner.open_backend = spy
+from promptlab.cli import main
+try:
+    main(["run", sys.argv[1], "-o", sys.argv[2], "--no-cache", "--fail-under", "0.5",
+          "--junit", sys.argv[3]])
+except SystemExit:
+    pass
+print("SEEN", seen)
+"""
+
+
+def test_no_pandas_or_scipy_is_loaded_before_a_model(project: Project, tmp_path: Path) -> None:
+    # With a CUDA build, pandas (pyarrow) or scipy imported before llama.cpp loads a model
+    # crashed the load; promptlab imports them only for the reports, after every model is in.
+    path = project.write("evals/s.yaml", suite_text(n=8))
+    out = subprocess.run(
+        [sys.executable, "-c", AT_LOAD, str(path), str(tmp_path / "run"), str(tmp_path / "j.xml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "SEEN [[]]" in out.stdout, out.stdout + out.stderr
+    assert (tmp_path / "run" / "comparisons.csv").is_file()  # the statistics did run, afterwards
+
+
+def test_make_libstdcxx_global_exposes_libstdcxx_symbols() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the RTLD_GLOBAL preload is Linux-only")
+    code = """
+import ctypes
+symbol = "_ZNSt6localeD1Ev"  # std::locale::~locale()
+before = hasattr(ctypes.CDLL(None), symbol)
+from promptlab.backends.native import make_libstdcxx_global
+make_libstdcxx_global()
+print(before, hasattr(ctypes.CDLL(None), symbol))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_the_llama_backend_preloads_libstdcxx_before_llama_cpp() -> None:
+    import ast
+
+    source = (Path(__file__).parents[1] / "promptlab" / "backends" / "llama.py").read_text()
+    body = ast.parse(source).body
+    call = next(
+        i
+        for i, node in enumerate(body)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "id", "") == "make_libstdcxx_global"
+    )
+    first_llama = next(
+        i
+        for i, node in enumerate(body)
+        if isinstance(node, ast.Import) and any(a.name.startswith("llama_cpp") for a in node.names)
+    )
+    assert call < first_llama

@@ -45,7 +45,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
+from promptlab.backends.native import make_libstdcxx_global
+
+# Before llama_cpp loads its libraries: see promptlab.backends.native.
+make_libstdcxx_global()
+
+import llama_cpp  # after make_libstdcxx_global, deliberately
 import llama_cpp._internals as llama_internals
 import llama_cpp.llama_cpp as llama_lib
 import llama_cpp.llama_grammar as llama_grammar
@@ -331,7 +336,7 @@ class LlamaBackend:
         # How many leading KV positions were decoded in whole canonical chunks (a multiple of
         # `chunk`, never more than llm.n_tokens): the only part of the cache `_fill` reuses.
         self._aligned = 0
-        offloaded = self._offloaded(log)
+        offloaded, layers_total = self._offloaded(log)
         self.info = RuntimeInfo(
             backend="llama.cpp",
             facts={
@@ -340,6 +345,8 @@ class LlamaBackend:
                 "gpu_offload_supported": offload_ok,
                 "n_gpu_layers_requested": n_gpu_layers,
                 "layers_offloaded": offloaded,
+                # llama.cpp counts the output layer too ("offloaded 31/31" for 30 blocks).
+                "layers_total": layers_total,
                 "n_layer": self.n_layer,
                 "device": self._device(log),
                 "amx_workaround": amx,
@@ -351,13 +358,17 @@ class LlamaBackend:
             },
         )
 
-    def _offloaded(self, log: list[tuple[int, str]]) -> int:
+    def _offloaded(self, log: list[tuple[int, str]]) -> tuple[int, int]:
+        """(layers offloaded, layers in all) as llama.cpp's load log reports them."""
         for _, text in log:
             m = re.search(r"offloaded (\d+)/(\d+) layers to GPU", text)
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), int(m.group(2))
         # CPU builds print no summary line; count the per-layer device assignments instead.
-        return sum(1 for _, t in log if re.search(r"layer\s+\d+ assigned to device (?!CPU)", t))
+        offloaded = sum(
+            1 for _, t in log if re.search(r"layer\s+\d+ assigned to device (?!CPU)", t)
+        )
+        return offloaded, self.n_layer + 1
 
     @staticmethod
     def _device(log: list[tuple[int, str]]) -> str:
