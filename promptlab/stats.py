@@ -378,7 +378,6 @@ def paired(
     c.a_pass_rate, c.b_pass_rate = _round(a_rate.mean()), _round(b_rate.mean())
     c.diff = _round(100 * d.mean(), 2)
     c.a_only, c.b_only = int((d < 0).sum()), int((d > 0).sum())
-    boot = bootstrap_mean(d)  # also the score interval when scores are these same 0/1 values
     if all(len(t) == 1 for t in a_out + b_out):
         c.method = "mcnemar-exact"
         n11 = int(((a_rate == 1) & (b_rate == 1)).sum())
@@ -389,7 +388,7 @@ def paired(
     else:
         c.method = "permutation"
         c.p_value = permutation_p(d)
-        ci = boot
+        ci = bootstrap_mean(d)
     if ci is not None:
         c.diff_lo, c.diff_hi = _round(100 * ci[0], 2), _round(100 * ci[1], 2)
     c.p_holm = c.p_value
@@ -400,10 +399,11 @@ def paired(
         b_s = np.array([sum(t) / len(t) for t in _per_test(b_scores)])
         sd = b_s - a_s
         c.score_diff = _round(sd.mean())
-        if np.array_equal(sd, d):  # 0/1 scores that move with the outcomes: the same numbers
-            sci, c.score_p_value = boot, c.p_value
-        else:
-            sci, c.score_p_value = bootstrap_mean(sd), permutation_p(sd)
+        # 0/1 scores that move with the outcomes are the same numbers: reuse their test (and,
+        # with repeats, their bootstrap interval) instead of computing it again.
+        same = bool(np.array_equal(sd, d))
+        sci = ci if same and c.method == "permutation" else bootstrap_mean(sd)
+        c.score_p_value = c.p_value if same else permutation_p(sd)
         if sci is not None:
             c.score_diff_lo, c.score_diff_hi = _round(sci[0]), _round(sci[1])
         c.score_p_holm = c.score_p_value
