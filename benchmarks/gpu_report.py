@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from promptlab.compare import load_run, match
+
 
 @dataclass
 class RunFacts:
@@ -40,23 +42,15 @@ class RunFacts:
     n_threads: int | None
     n_batch: int | None
     flash_attn: bool
-    outputs: dict[str, str]
-
-
-def _key(row: dict[str, Any]) -> str:
-    return f"{row['prompt']}|{row['test_index']}|{row.get('setting') or ''}|{row.get('repeat', 0)}"
+    rows: list[dict[str, Any]]
 
 
 def read_run(label: str, folder: Path, wall_s: float) -> RunFacts:
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    run = load_run(folder)
+    manifest, rows = run.manifest, run.rows
     model = manifest["models"][0]
     rt = model.get("runtime", {})
     load = model.get("load_settings", {})
-    rows = [
-        json.loads(line)
-        for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
     fresh = [r for r in rows if not r.get("cached") and r.get("status") != "error"]
     pp_tokens = sum(r.get("prompt_eval_tokens") or 0 for r in fresh)
     pp_ms = sum(r.get("prompt_eval_ms") or 0.0 for r in fresh)
@@ -80,14 +74,24 @@ def read_run(label: str, folder: Path, wall_s: float) -> RunFacts:
         n_threads=load.get("n_threads"),
         n_batch=load.get("n_batch"),
         flash_attn=bool(load.get("flash_attn")),
-        outputs={_key(r): str(r.get("output")) for r in rows},
+        rows=rows,
     )
 
 
-def compare_outputs(a: RunFacts, b: RunFacts) -> tuple[int, int, list[str]]:
-    """(identical cells, cells in both, keys of the differing ones)."""
-    shared = [k for k in a.outputs if k in b.outputs]
-    differ = [k for k in shared if a.outputs[k] != b.outputs[k]]
+def compare_outputs(
+    a: RunFacts, b: RunFacts
+) -> tuple[int, int, list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+    """(identical cells, cells in both, (name, A's row, B's row) of the differing ones)."""
+    shared = [(d.a, d.b) for d in match(a.rows, b.rows) if d.a is not None and d.b is not None]
+    differ = [
+        (
+            f"{rb['prompt']}|{rb['test_index']}|{rb.get('setting') or ''}|{rb.get('repeat', 0)}",
+            ra,
+            rb,
+        )
+        for ra, rb in shared
+        if ra.get("output") != rb.get("output")
+    ]
     return len(shared) - len(differ), len(shared), differ
 
 
@@ -147,14 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         a, b = runs[a_label], runs[b_label]
         same, total, differ = compare_outputs(a, b)
         print(f"| {a_label} vs {b_label} | {same}/{total} |")
-        for k in differ:
-            i = first_difference(a.outputs[k], b.outputs[k])
+        for name, ra, rb in differ:
+            x, y = str(ra.get("output")), str(rb.get("output"))
+            i = first_difference(x, y)
             print(
-                f"  differs: {k} at character {i}: "
-                f"{a.outputs[k][max(0, i - 20) : i + 40]!r} vs {b.outputs[k][max(0, i - 20) : i + 40]!r}"
+                f"  differs: {name} at character {i}: "
+                f"{x[max(0, i - 20) : i + 40]!r} vs {y[max(0, i - 20) : i + 40]!r}"
             )
         pairs.append(
-            {"a": a_label, "b": b_label, "identical": same, "cells": total, "differ": differ}
+            {
+                "a": a_label,
+                "b": b_label,
+                "identical": same,
+                "cells": total,
+                "differ": [name for name, _, _ in differ],
+            }
         )
 
     bench = read_bench(args.bench) if args.bench and args.bench.is_file() else []
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         facts = {
-            "runs": [{k: v for k, v in asdict(r).items() if k != "outputs"} for r in runs.values()],
+            "runs": [{k: v for k, v in asdict(r).items() if k != "rows"} for r in runs.values()],
             "pairs": pairs,
             "llama_bench": bench,
             "ratios": ratios,

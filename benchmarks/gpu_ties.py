@@ -14,19 +14,12 @@ log-probability gaps is the point.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
-
-def rows(folder: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        out[(row["prompt"], int(row["test_index"]))] = row
-    return out
+from promptlab.compare import load_run, match
 
 
 def top2(step: dict[str, float]) -> list[tuple[str, float]]:
@@ -40,8 +33,11 @@ def main() -> None:
     ap.add_argument("cpu_run", type=Path)
     ap.add_argument("--threads", type=int, default=16)
     args = ap.parse_args()
-    gpu, cpu = rows(args.gpu_run), rows(args.cpu_run)
-    differ = [k for k in gpu if k in cpu and gpu[k]["output"] != cpu[k]["output"]]
+    differ = [
+        d.a
+        for d in match(load_run(args.gpu_run).rows, load_run(args.cpu_run).rows)
+        if d.a is not None and d.b is not None and d.a.get("output") != d.b.get("output")
+    ]
     models: dict[int, Any] = {
         n: llama_cpp.Llama(
             model_path=args.model,
@@ -53,10 +49,9 @@ def main() -> None:
         )
         for n in (-1, 0)
     }
-    for key in differ:
-        tokens = models[-1].tokenize(
-            gpu[key]["rendered_prompt"].encode(), add_bos=False, special=True
-        )
+    for row in differ:
+        key = (row["prompt"], row["test_index"])
+        tokens = models[-1].tokenize(row["rendered_prompt"].encode(), add_bos=False, special=True)
         steps = {}
         for n, llm in models.items():
             llm.reset()
