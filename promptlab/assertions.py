@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from promptlab import similarity, transforms, usercode
+from promptlab import files, similarity, transforms, usercode
+from promptlab.consent import CodeMode
 from promptlab.errors import InputError
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class PrepareEnv:
 
     base: Path  # the suite's folder: file:// paths are relative to it
     root: Path  # the project root: code and files must live inside it
-    allow_code: bool = False
+    code: CodeMode = CodeMode.REFUSE  # what may happen to user code (see consent.py)
+    code_used: list[str] = field(default_factory=list)  # where user code is named, for notes
     templates: TemplateEnv | None = None  # for rubric prompts
     variables: Mapping[str, Any] = field(default_factory=dict)  # the test's vars
 
@@ -311,7 +313,12 @@ def prepare(
             hint="use 0 to report without gating",
         )
     parsed_transform = transforms.parse(
-        transform, where=where, base=env.base, root=env.root, allow_code=env.allow_code
+        transform,
+        where=where,
+        base=env.base,
+        root=env.root,
+        code=env.code,
+        code_used=env.code_used,
     )
     if base == "assert-set":
         if not children:
@@ -373,13 +380,11 @@ def _prep_list(
 
 def _load_schema(value: Any, where: str, env: PrepareEnv) -> Any:
     if isinstance(value, str) and value.startswith("file://"):
-        path = env.base / value.removeprefix("file://")
+        (path,) = files.resolve_ref(
+            value, base=env.base, root=env.root, what="schema file", where=where, globs=False
+        )
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(
-                f"{where}: schema file {path} not found", hint="check the path"
-            ) from None
+            value = json.loads(files.read_text(path, "schema file"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{exc.lineno}: invalid JSON schema file: {exc.msg}") from None
     return value
@@ -463,13 +468,14 @@ def _prep_python(
     opts: dict[str, Any],
     env: PrepareEnv,
 ) -> tuple[Any, float | None]:
-    usercode.require_consent(env.allow_code, where, "a python check")
+    usercode.require_consent(env.code, where, "a python check")
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{where}: 'python' needs code or file://checks.py:function as value")
     if value.startswith("file://"):
-        opts["code"] = usercode.load_file_ref(value, env.base, env.root, where)
+        opts["code"] = usercode.load_file_ref(value, env.base, env.root, where, env.code)
     else:
-        opts["code"] = usercode.compile_inline(value, where)
+        opts["code"] = usercode.compile_inline(value, where, env.code)
+    env.code_used.append(f"{where} (python check {opts['code'].label})")
     return value, threshold
 
 
@@ -568,8 +574,7 @@ def _rubric_template(spec: Any, where: str, env: PrepareEnv) -> jinja2.Template:
             f"{where}: rubricPrompt is Jinja text, file://template.j2 or a message list"
         )
     if spec.startswith("file://"):
-        path = env.base / spec.removeprefix("file://")
-        return env.templates.load_file(path, where)
+        return env.templates.load_file(files.ref_target(spec, env.base), where)
     return env.templates.from_string(spec, f"{where} (rubricPrompt)")
 
 

@@ -39,7 +39,11 @@ FilterOpt = Annotated[
 ]
 AllowCodeOpt = Annotated[
     bool,
-    typer.Option("--allow-code", help="Run python checks and Python transforms from this project"),
+    typer.Option(
+        "--allow-code",
+        help="Run the suite's python checks and Python transforms (or PROMPTLAB_ALLOW_CODE=1, "
+        "or `promptlab trust`); a suite cannot allow itself",
+    ),
 ]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="Only the first N tests (after --filter)")
@@ -96,14 +100,17 @@ def init(
     from promptlab import console, core
 
     for path in core.init(folder, force):
-        console.out.print(f"created {path}")
-    console.out.print(f"next: promptlab run {folder / 'evals' / 'starter.yaml'}")
+        console.out.print(f"created {console.escape(str(path))}")
+    console.out.print(
+        f"next: promptlab run {console.escape(str(folder / 'evals' / 'starter.yaml'))}"
+    )
     return 0
 
 
 @app.command()
 def validate(suite: SuiteArg, model: ModelOpt = None, allow_code: AllowCodeOpt = False) -> int:
-    """Check a suite without loading a model: schema, files, templates, variables, checks."""
+    """Check a suite without loading a model or running its code: schema, files, templates,
+    variables, checks. (--allow-code only changes the note on what `run` would do.)"""
     from promptlab import console, core
 
     plan = core.prepare(suite, model=model, allow_code=allow_code)
@@ -121,7 +128,7 @@ def render(
     as_json: Annotated[bool, typer.Option("--json", help="Print cells as JSON")] = False,
     allow_code: AllowCodeOpt = False,
 ) -> int:
-    """Show the exact prompts (and chat messages) each model would receive."""
+    """Show the exact prompts (and chat messages) each model would receive; runs no user code."""
     from promptlab import console, core
 
     plan = core.prepare(
@@ -183,8 +190,8 @@ def run(
     from promptlab import console, core, gates
     from promptlab.compare import project_of
     from promptlab.errors import ExitCode, InputError
+    from promptlab.files import find_project_root
     from promptlab.plan import Selection
-    from promptlab.templates import find_project_root
 
     argv = ["promptlab", *_argv]
     if resume is not None:
@@ -214,7 +221,7 @@ def run(
                 hint=f"promptlab run --resume {resume}",
             )
         with console.RichProgress() as progress:
-            result = core.resume(resume, progress=progress, argv=argv)
+            result = core.resume(resume, progress=progress, argv=argv, allow_code=allow_code)
     else:
         if suite is None:
             raise InputError(
@@ -271,6 +278,7 @@ def _conclude(
     """Gates, JUnit and the JSON summary, shared by `run` and `report`."""
     from promptlab import console, gates
     from promptlab.store import read_manifest, read_results
+    from promptlab.termsafe import json_visible
 
     rows = read_results(folder)
     outcome = gates.conclude(folder, rows, gate_opts, junit=junit, manifest=read_manifest(folder))
@@ -287,15 +295,17 @@ def _conclude(
             paths["compare_csv"] = outcome.comparison.csv_path
             paths["compare_html"] = outcome.comparison.html_path
         print(
-            gates.summary_json(
-                folder=folder,
-                status=status,
-                totals=reports.totals,
-                summary=reports.summary,
-                comparisons=reports.comparisons,
-                outcome=outcome,
-                reports=paths,
-                error=str(error) if error is not None else None,
+            json_visible(
+                gates.summary_json(
+                    folder=folder,
+                    status=status,
+                    totals=reports.totals,
+                    summary=reports.summary,
+                    comparisons=reports.comparisons,
+                    outcome=outcome,
+                    reports=paths,
+                    error=str(error) if error is not None else None,
+                )
             )
         )
     return outcome
@@ -309,6 +319,13 @@ def report(
     baseline: BaselineOpt = None,
     junit: JunitOpt = None,
     output_format: FormatOpt = OutputFormat.text,
+    spreadsheet: Annotated[
+        bool,
+        typer.Option(
+            "--spreadsheet",
+            help="Also write formula-safe copies of the CSVs to spreadsheet/ for Excel and co.",
+        ),
+    ] = False,
 ) -> int:
     """Rebuild results.csv, summary.csv and report.html from a run's stored results."""
     from promptlab import console, core, gates
@@ -316,7 +333,7 @@ def report(
     from promptlab.store import read_manifest
 
     gate_opts = gates.prepare(fail_under, max_regression, baseline, project_of(folder))
-    reports = core.report(folder)
+    reports = core.report(folder, spreadsheet=spreadsheet)
     as_json = output_format is OutputFormat.json
     if not as_json:
         console.print_report(reports)
@@ -368,7 +385,7 @@ def history(
     """List earlier runs from their manifests: date, commit, templates changed, pass rates."""
     from promptlab import console
     from promptlab import history as hist
-    from promptlab.templates import find_project_root
+    from promptlab.files import find_project_root
 
     found = hist.history(find_project_root(Path.cwd()), suite, runs or [])
     if template is not None:
@@ -390,10 +407,10 @@ def baseline_set(run_folder: Annotated[Path, typer.Argument(help="A run folder")
     """Make RUN the project's baseline (.promptlab/baseline.json)."""
     from promptlab import compare as cmp
     from promptlab import console
-    from promptlab.templates import find_project_root
+    from promptlab.files import find_project_root
 
     file = cmp.set_baseline(run_folder, find_project_root(Path.cwd()))
-    console.out.print(f"baseline: {run_folder} (stored in {file})", markup=False)
+    console.out.print(console.escape(f"baseline: {run_folder} (stored in {file})"))
     return 0
 
 
@@ -402,7 +419,7 @@ def baseline_show() -> int:
     """Print the baseline run."""
     from promptlab import compare as cmp
     from promptlab import console
-    from promptlab.templates import find_project_root
+    from promptlab.files import find_project_root
 
     root = find_project_root(Path.cwd())
     path = cmp.get_baseline(root)
@@ -410,10 +427,11 @@ def baseline_show() -> int:
         console.err.print("no baseline set (promptlab baseline set RUN)", markup=False)
         return 0
     record = cmp.read_baseline(root) or {}
-    console.out.print(str(path), markup=False)
+    console.out.print(console.escape(str(path)))
     console.err.print(
-        f"set {record.get('set_at', '?')}; run started {record.get('started_at', '?')}",
-        markup=False,
+        console.escape(
+            f"set {record.get('set_at', '?')}; run started {record.get('started_at', '?')}"
+        )
     )
     return 0
 
@@ -423,7 +441,7 @@ def baseline_clear() -> int:
     """Forget the baseline."""
     from promptlab import compare as cmp
     from promptlab import console
-    from promptlab.templates import find_project_root
+    from promptlab.files import find_project_root
 
     removed = cmp.clear_baseline(find_project_root(Path.cwd()))
     console.out.print("baseline cleared" if removed else "no baseline was set")
@@ -431,10 +449,61 @@ def baseline_clear() -> int:
 
 
 @app.command()
+def trust(
+    folder: Annotated[
+        Path | None, typer.Argument(help="A folder of the project (default: here)")
+    ] = None,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Stop trusting the project")] = False,
+    list_all: Annotated[bool, typer.Option("--list", help="List the trusted projects")] = False,
+) -> int:
+    """Let `promptlab run` execute this project's Python checks without --allow-code.
+
+    The trust is kept in your own config folder, outside every project, so no suite or project
+    file can grant it.
+    """
+    from promptlab import consent, console
+    from promptlab.errors import InputError
+    from promptlab.files import find_project_root
+
+    if list_all:
+        if folder is not None or revoke:
+            raise InputError(
+                "--list takes no folder and no --revoke", hint="promptlab trust --list"
+            )
+        projects = consent.trusted()
+        for name, record in sorted(projects.items()):
+            console.out.print(
+                console.escape(f"{name}  (since {record.get('trusted_at', '?')})"), soft_wrap=True
+            )
+        if not projects:
+            console.err.print("no trusted projects (promptlab trust [DIR])", markup=False)
+        return 0
+    start = (folder or Path.cwd()).expanduser()
+    if not start.is_dir():
+        raise InputError(f"{start}: not a folder", hint="name a folder of the project")
+    root = find_project_root(start)
+    if revoke:
+        removed = consent.revoke(root)
+        console.out.print(
+            console.escape(f"no longer trusted: {root}" if removed else f"was not trusted: {root}")
+        )
+        return 0
+    file = consent.trust(root)
+    console.out.print(
+        console.escape(
+            f"trusted {root}: `promptlab run` may now execute its Python code (stored in {file}; "
+            "undo with promptlab trust --revoke)"
+        ),
+        soft_wrap=True,
+    )
+    return 0
+
+
+@app.command()
 def models() -> int:
     """List bundled models and the GGUF files promptlab can see."""
     from promptlab import console, core
-    from promptlab.templates import find_project_root
+    from promptlab.files import find_project_root
 
     console.print_models(core.list_models(find_project_root(Path.cwd())))
     return 0
@@ -487,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import TyperException
 
     from promptlab.errors import PromptlabError
+    from promptlab.termsafe import visible
 
     args = sys.argv[1:] if argv is None else argv
     _argv[:] = args
@@ -506,13 +576,17 @@ def main(argv: list[str] | None = None) -> None:
     except PromptlabError as exc:
         if _state["debug"] or "--debug" in args:
             raise
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        print(f"error: {visible(exc.one_line(), one_line=True)}", file=sys.stderr)
         code = int(exc.exit_code)
     except Exception as exc:
         if _state["debug"] or "--debug" in args:
             raise
         print(
-            f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            visible(
+                f"error: internal error: {type(exc).__name__}: {exc} "
+                "(rerun with --debug for a traceback)",
+                one_line=True,
+            ),
             file=sys.stderr,
         )
         code = 1

@@ -641,7 +641,7 @@ def to_html(result: Comparison) -> str:
 
 def project_of(run: Path) -> Path:
     """The project a run belongs to: its manifest's project_root, else the one holding it."""
-    from promptlab.templates import find_project_root  # noqa: PLC0415 - jinja2 only when needed
+    from promptlab.files import find_project_root  # noqa: PLC0415
 
     try:
         root = read_manifest(run).get("project_root")

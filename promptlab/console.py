@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _markup_escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -18,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from promptlab.termsafe import json_visible, visible
 
 if TYPE_CHECKING:
     from promptlab.compare import Comparison
@@ -30,6 +32,12 @@ if TYPE_CHECKING:
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    """Text from a suite, a model or a file, ready for rich: control characters shown as escapes
+    (termsafe.visible) and rich markup escaped. Every such string printed here goes through it."""
+    return _markup_escape(visible(text))
 
 
 class RichProgress:
@@ -67,7 +75,7 @@ class RichProgress:
         self.bar.update(self.task, total=total)
 
     def model_loading(self, label: str) -> None:
-        self.bar.update(self.task, description=f"loading {label}")
+        self.bar.update(self.task, description=f"loading {escape(label)}")
 
     def model_loaded(self, label: str, facts: dict[str, Any]) -> None:
         rt = facts.get("runtime", {})
@@ -89,7 +97,7 @@ class RichProgress:
             self.bar.console.print(
                 '[yellow]warning:[/] GPU layers requested but this llama-cpp-python build is CPU-only; reinstall with CMAKE_ARGS="-DGGML_CUDA=on" ./dev setup'
             )
-        self.bar.update(self.task, description=label)
+        self.bar.update(self.task, description=escape(label))
 
     def cell_done(self, row: dict[str, Any]) -> None:
         self.counts[row["status"]] += 1
@@ -209,10 +217,16 @@ def print_report(reports: ReportFiles) -> None:
     out.print(
         f"{t['cells']} cells: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors"
     )
-    paths = (reports.results_csv, reports.summary_csv, reports.comparisons_csv, reports.html)
+    paths = (
+        reports.results_csv,
+        reports.summary_csv,
+        reports.comparisons_csv,
+        reports.html,
+        *reports.spreadsheets,
+    )
     for path in paths:
         if path is not None:
-            out.print(f"wrote {escape(str(path))}")
+            out.print(f"wrote {escape(str(path))}", soft_wrap=True)  # whole, for copy and paste
 
 
 def print_validate(plan: Plan, path: Path) -> None:
@@ -245,7 +259,7 @@ def print_render(plan: Plan, as_json: bool) -> None:
             }
             for c in plan.cells
         ]
-        out.print_json(json.dumps(cells, ensure_ascii=False, default=str))
+        print(json_visible(json.dumps(cells, ensure_ascii=False, indent=2, default=str)))
         return
     for c in plan.cells:
         title = f"{escape(c.prompt.label)} × {escape(c.test.name)} × {escape(c.model.label)}"
@@ -272,8 +286,8 @@ def print_models(rows: list[ModelRow]) -> None:
         table.add_row(
             escape(r.name),
             size,
-            r.quantization or "",
-            r.architecture or "",
+            escape(r.quantization or ""),
+            escape(r.architecture or ""),
             str(r.n_layer or ""),
             chat,
             escape(detail),
@@ -474,7 +488,7 @@ def print_history(hist: History) -> None:
         status = r.status if not r.problem else f"{r.status}, no results"
         style = {"complete": "green", "interrupted": "yellow", "failed": "red"}.get(r.status, "")
         facts = [
-            f"[bold]{r.date}[/]",
+            f"[bold]{escape(r.date)}[/]",
             escape(str(r.folder.name)),
             *([f"[cyan]{escape(r.suite)}[/]"] if suites else []),
             escape(r.commit or "no git"),
@@ -502,7 +516,7 @@ def print_template_history(label: str, rows: list[TemplateRow]) -> None:
     for row in rows:
         changed = "" if row.changed is None else ("[yellow]yes[/]" if row.changed else "no")
         table.add_row(
-            row.run.date,
+            escape(row.run.date),
             escape(row.run.folder.name),
             escape(row.run.commit or "—"),
             row.sha256[:12],

@@ -17,9 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptlab import __version__
+from promptlab import __version__, consent
 from promptlab.cache import Cache
 from promptlab.cache import default_path as default_cache_path
+from promptlab.consent import CodeMode
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
 from promptlab.plan import Plan, Selection, build_plan
@@ -41,18 +42,46 @@ def prepare(
     model: str | None = None,
     filter_pattern: str | None = None,
     limit: int | None = None,
+    selection: Selection | None = None,
+    allow_code: bool = False,
+) -> Plan:
+    """Load, check and render a suite without loading any model or executing any user code
+    (validate, render). Python checks are parsed; a note says whether `run` would execute them
+    (with `allow_code`: as if --allow-code were passed to run)."""
+    suite = load_suite(path, model_override=model)
+    plan = build_plan(
+        suite, filter_pattern=filter_pattern, limit=limit, code=CodeMode.CHECK, selection=selection
+    )
+    if plan.code:
+        granted = consent.for_run(allow_code, suite.root)
+        more = f" (and {len(plan.code) - 1} more)" if len(plan.code) > 1 else ""
+        if granted.granted:
+            why = f"`promptlab run` will execute it: consent from {granted.source}"
+        else:
+            why = f"`promptlab run` will refuse it until you consent: {consent.HOW}"
+        suite.notes.append(f"{plan.code[0]}{more} names Python code; {why}")
+    return plan
+
+
+def prepare_run(
+    path: Path,
+    *,
+    model: str | None = None,
     allow_code: bool = False,
     selection: Selection | None = None,
-) -> Plan:
-    """Load, check and render a suite without loading any model."""
+) -> tuple[Plan, consent.Consent]:
+    """Load, check and render a suite for `run`: user code is imported only with consent."""
     suite = load_suite(path, model_override=model)
-    return build_plan(
-        suite,
-        filter_pattern=filter_pattern,
-        limit=limit,
-        allow_code=allow_code,
-        selection=selection,
-    )
+    granted = consent.for_run(allow_code, suite.root)
+    mode = CodeMode.RUN if granted.granted else CodeMode.REFUSE
+    try:
+        return build_plan(suite, code=mode, selection=selection), granted
+    except consent.ConsentError as exc:
+        if not suite.claims_code:
+            raise
+        raise consent.ConsentError(
+            exc.message, hint=f"{exc.hint}; the suite's own allow_code: does not count"
+        ) from None
 
 
 def git_state(root: Path) -> dict[str, Any] | None:
@@ -114,7 +143,7 @@ def run(
     cache: CacheOptions | None = None,
 ) -> RunResult:
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
-    plan = prepare(path, model=model, allow_code=allow_code, selection=sel)
+    plan, granted = prepare_run(path, model=model, allow_code=allow_code, selection=sel)
     if not plan.cells:
         raise InputError(
             f"the selection ({json.dumps(sel.describe())}) matched none of the {plan.total_cells} cells",
@@ -167,7 +196,6 @@ def run(
         "run_args": {
             "suite": str(suite.path.resolve()),
             "model": model,
-            "allow_code": allow_code,
             "selection": {
                 k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in sel.__dict__.items()
             },
@@ -183,8 +211,16 @@ def run(
             "machine": platform.machine(),
         },
         "notes": suite.notes,
+        "code": _code_record(plan, granted),
     }
     return _execute(plan, writer, manifest, result_cache, progress, folder)
+
+
+def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
+    """Which user code the run may execute, and who allowed it (a person, never the suite)."""
+    if not plan.code:
+        return None
+    return {"consent": granted.source, "used_at": plan.code}
 
 
 def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
@@ -258,9 +294,16 @@ def _merge_counts(before: Any, now: dict[str, Any]) -> dict[str, Any]:
 
 
 def resume(
-    folder: Path, *, progress: Progress | None = None, argv: list[str] | None = None
+    folder: Path,
+    *,
+    progress: Progress | None = None,
+    argv: list[str] | None = None,
+    allow_code: bool = False,
 ) -> RunResult:
-    """Finish an interrupted run in place: plan the same cells, skip those already stored."""
+    """Finish an interrupted run in place: plan the same cells, skip those already stored.
+
+    Consent to run code is asked again (`allow_code`, the environment, a trusted project): a run
+    folder is a file like any other, so its manifest cannot grant it."""
     from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
     manifest = read_manifest(folder)
@@ -279,11 +322,8 @@ def resume(
     if raw_sel.get("cells") is not None:
         raw_sel["cells"] = frozenset(raw_sel["cells"])
     sel = Selection(**raw_sel)
-    plan = prepare(
-        Path(args["suite"]),
-        model=args.get("model"),
-        allow_code=bool(args.get("allow_code")),
-        selection=sel,
+    plan, granted = prepare_run(
+        Path(args["suite"]), model=args.get("model"), allow_code=allow_code, selection=sel
     )
     changed = sorted(
         name
@@ -324,15 +364,16 @@ def resume(
     )
     manifest["status"] = "running"
     manifest["command"] = argv if argv is not None else sys.argv
+    manifest["code"] = _code_record(plan, granted)
     return _execute(plan, writer, manifest, result_cache, progress, folder)
 
 
-def report(folder: Path) -> ReportFiles:
+def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder", hint="pass the output folder of a run")
     from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
 
-    return build_reports(folder)
+    return build_reports(folder, spreadsheet=spreadsheet)
 
 
 def _rel(path: Path, root: Path) -> str:

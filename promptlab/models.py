@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptlab import files
 from promptlab.errors import InputError
 from promptlab.gguf import GGUFInfo, read_gguf
 
@@ -149,6 +150,9 @@ def resolve(spec: str, base: Path, where: str) -> Path:
         )
     if path.is_dir():
         raise InputError(f"{where}: {path} is a directory", hint="point at the .gguf file itself")
+    # Model files may live outside the project (see files.py), but only as regular files: a FIFO
+    # would hang the read below. Nothing but the header's facts is ever shown.
+    files.check_regular(path, "model file", where, max_bytes=None)
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -275,11 +279,11 @@ def find_gguf_files(dirs: list[Path], max_depth: int = 6) -> Iterator[Path]:
         if not root.is_dir():
             continue
         base_depth = len(root.parts)
-        for folder, subdirs, files in os.walk(root, followlinks=False):
+        for folder, subdirs, names in os.walk(root, followlinks=False):
             if len(Path(folder).parts) - base_depth >= max_depth:
                 subdirs[:] = []
             subdirs[:] = [d for d in subdirs if d not in _SKIP and not d.startswith(".")]
-            for name in sorted(files):
+            for name in sorted(names):
                 if name.endswith(".gguf"):
                     path = (Path(folder) / name).resolve()
                     if path not in seen:

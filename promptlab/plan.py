@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab import assertions, transforms
+from promptlab import assertions, files, transforms
 from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
+from promptlab.backends.fake import confine_rules
 from promptlab.chat import ChatTemplate
+from promptlab.consent import CodeMode
 from promptlab.errors import InputError
 from promptlab.gguf import GGUFInfo
 from promptlab.models import gguf_info, resolve
@@ -30,7 +32,6 @@ from promptlab.suite import (
     TestDef,
 )
 from promptlab.templates import Message, split_roles
-from promptlab.yamlio import read_text
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Plan:
     total_cells: int  # before --filter/--limit
     # Judge and embedding models named by checks' `provider:`, keyed by that string.
     aux_models: dict[str, PlannedModel] = field(default_factory=dict)
+    # Where the suite names user Python (python checks, Python transforms), in suite order.
+    code: list[str] = field(default_factory=list)
 
 
 def usable_cpus() -> int:
@@ -139,7 +142,7 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
     gguf: GGUFInfo | None = None
     path: Path | str
     if is_fake(spec.path):
-        path = spec.path
+        path = confine_rules(spec.path, suite.path.parent, suite.root, m.where)
     else:
         path = resolve(spec.path, suite.path.parent, m.where)
         gguf = gguf_info(path)
@@ -149,10 +152,17 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
     if spec.chat is not False:
         if spec.chat_template is not None:
             if spec.chat_template.startswith("file://"):
-                tpath = suite.path.parent / spec.chat_template.removeprefix("file://")
+                (tpath,) = files.resolve_ref(
+                    spec.chat_template,
+                    base=suite.path.parent,
+                    root=suite.root,
+                    what="chat template",
+                    where=f"{m.where}.chat_template",
+                    globs=False,
+                )
                 chat = ChatTemplate(
                     f"file:{spec.chat_template.removeprefix('file://')}",
-                    read_text(tpath, "chat template"),
+                    files.read_text(tpath, "chat template"),
                     bos,
                     eos,
                 )
@@ -270,14 +280,16 @@ def _render_messages(
     return split_roles(text, f"{prompt.where} (rendered for {test.name})")
 
 
-def _grammar(constraint: Constraint | None, where: str, base: Path) -> Grammar | None:
+def _grammar(constraint: Constraint | None, where: str, base: Path, root: Path) -> Grammar | None:
     if constraint is None:
         return None
     if constraint.grammar is not None:
         text = constraint.grammar
         if text.startswith("file://"):
-            path = base / text.removeprefix("file://")
-            return Grammar(read_text(path, "grammar file"), f"grammar {text}")
+            (path,) = files.resolve_ref(
+                text, base=base, root=root, what="grammar file", where=where, globs=False
+            )
+            return Grammar(files.read_text(path, "grammar file"), f"grammar {text}")
         return Grammar(text, "grammar (inline GBNF)")
     rf = constraint.response_format
     if rf is None:
@@ -356,9 +368,11 @@ def build_plan(
     *,
     filter_pattern: str | None = None,
     limit: int | None = None,
-    allow_code: bool = False,
+    code: CodeMode = CodeMode.CHECK,
     selection: Selection | None = None,
 ) -> Plan:
+    """Every cell of the suite, rendered and with its checks prepared. `code` says what may
+    happen to user Python (CHECK: parse only, for validate and render)."""
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
     p = suite.params
     sampling = _sampling(p, 0)
@@ -379,12 +393,13 @@ def build_plan(
     checks: dict[int, list[assertions.Check]] = {}
     test_transforms: dict[int, transforms.Transform | None] = {}
     aux: dict[str, PlannedModel] = {}
-    code_ok = allow_code or suite.allow_code
+    code_used: list[str] = []
     for test in suite.tests:
         env = assertions.PrepareEnv(
             base=suite.path.parent,
             root=suite.root,
-            allow_code=code_ok,
+            code=code,
+            code_used=code_used,
             templates=suite.env,
             variables=test.vars,
         )
@@ -394,7 +409,8 @@ def build_plan(
             where=test.where,
             base=suite.path.parent,
             root=suite.root,
-            allow_code=code_ok,
+            code=code,
+            code_used=code_used,
         )
         for provider, where in _providers(checks[test.index]).items():
             if provider not in aux:
@@ -404,8 +420,8 @@ def build_plan(
                     p.seed,
                 )
     grammars = {
-        pi: _grammar(prompt.config, prompt.where, suite.path.parent)
-        or _grammar(p, str(suite.path), suite.path.parent)
+        pi: _grammar(prompt.config, prompt.where, suite.path.parent, suite.root)
+        or _grammar(p, f"{suite.path}: params", suite.path.parent, suite.root)
         for pi, prompt in enumerate(suite.prompts)
     }
     if sel.sample is not None:
@@ -491,7 +507,7 @@ def build_plan(
                             order=order,
                         )
                     )
-    return Plan(suite, models, cells, sampling, total, aux)
+    return Plan(suite, models, cells, sampling, total, aux, list(dict.fromkeys(code_used)))
 
 
 def _provider_label(spec: str) -> str:

@@ -41,6 +41,7 @@ class ReportFiles:
     totals: dict[str, int]
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # paired tests, verdicts
     comparisons_csv: Path | None = None
+    spreadsheets: list[Path] = field(default_factory=list)  # formula-safe copies (--spreadsheet)
 
 
 def _text(value: Any) -> str:
@@ -262,7 +263,45 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_reports(folder: Path) -> ReportFiles:
+# What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP's list, plus the
+# full-width forms some of them accept).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+SPREADSHEET_DIR = "spreadsheet"
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as formulas: a cell that starts like one gets a leading
+    apostrophe, which spreadsheets hide and read as "this is text". Numbers stay numbers.
+
+    The machine CSVs (results.csv, ...) are never changed: a model's answer "=2+2" or "-3" is the
+    answer, and pandas, jq or a diff must see it exactly."""
+
+    def neutral(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+    out: pd.DataFrame = frame.copy()
+    for column in out.columns:
+        # object or pandas' string dtype alike; numeric and bool columns hold no text
+        if not (
+            pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_bool_dtype(out[column])
+        ):
+            out[column] = out[column].map(neutral)
+    return out
+
+
+def _spreadsheet_copies(folder: Path, frames: dict[str, pd.DataFrame]) -> list[Path]:
+    paths = []
+    for name, frame in frames.items():
+        path = folder / SPREADSHEET_DIR / name
+        # utf-8-sig: Excel reads a CSV without the BOM as the local code page.
+        atomic_write(path, spreadsheet_safe(frame).to_csv(index=False).encode("utf-8-sig"))
+        paths.append(path)
+    return paths
+
+
+def build_reports(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
+    """Every report of a run folder; with `spreadsheet`, also formula-safe copies of the CSVs in
+    spreadsheet/ for opening in Excel, LibreOffice or Google Sheets."""
     manifest = read_manifest(folder)
     # Rows are stored in run order (prefix-aware, resumable); reports follow the suite's order.
     rows = sorted(read_results(folder), key=lambda r: r.get("order", 0))
@@ -275,9 +314,18 @@ def build_reports(folder: Path) -> ReportFiles:
         folder / "comparisons.csv",
         folder / "report.html",
     )
+    comparisons_df = comparisons_frame(comparisons)
     atomic_write(results_csv, df.to_csv(index=False))
     atomic_write(summary_csv, summary.to_csv(index=False))
-    atomic_write(comparisons_csv, comparisons_frame(comparisons).to_csv(index=False))
+    atomic_write(comparisons_csv, comparisons_df.to_csv(index=False))
+    sheets = (
+        _spreadsheet_copies(
+            folder,
+            {"results.csv": df, "summary.csv": summary, "comparisons.csv": comparisons_df},
+        )
+        if spreadsheet
+        else []
+    )
     records = [
         {str(k): _plain(v) for k, v in rec.items()} for rec in summary.to_dict(orient="records")
     ]
@@ -289,5 +337,13 @@ def build_reports(folder: Path) -> ReportFiles:
         "errors": sum(r["status"] == "error" for r in rows),
     }
     return ReportFiles(
-        folder, results_csv, summary_csv, page, records, totals, comparisons, comparisons_csv
+        folder,
+        results_csv,
+        summary_csv,
+        page,
+        records,
+        totals,
+        comparisons,
+        comparisons_csv,
+        spreadsheets=sheets,
     )

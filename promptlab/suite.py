@@ -10,11 +10,9 @@ import contextlib
 import copy
 import csv
 import difflib
-import glob
 import io
 import itertools
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -35,11 +33,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from promptlab import assertions
+from promptlab import assertions, files
 from promptlab.errors import InputError, location
+from promptlab.files import find_project_root, read_text
 from promptlab.models import BUNDLED, DEFAULT_MODEL
-from promptlab.templates import TemplateEnv, find_project_root, sha256_text
-from promptlab.yamlio import YamlDoc, load_yaml, read_text
+from promptlab.templates import TemplateEnv, sha256_text
+from promptlab.yamlio import YamlDoc, load_yaml
+
+
+def _files(what: str) -> dict[str, Any]:
+    """Schema marker for a field that may name files (`file://…`). Every such file is read
+    through files.confine; tests/test_security.py lists the marked fields from the JSON schema and
+    plants a reference outside the project in each, so a new field cannot skip the check."""
+    return {"x-promptlab-file": what}
 
 
 class Strict(BaseModel):
@@ -96,7 +102,10 @@ class AssertSpec(Strict):
         description="Check type, e.g. icontains, regex, json-schema, choice, llm-rubric, similar, python"
     )
     value: Any = Field(
-        default=None, description="Expected value; Jinja is rendered with the test's vars"
+        default=None,
+        description="Expected value; Jinja is rendered with the test's vars. file://x.txt reads "
+        "it from a file (.json/.yaml parsed); for json-schema a schema file, for python code",
+        json_schema_extra=_files("check value, JSON schema or Python file"),
     )
     threshold: float | None = Field(
         default=None,
@@ -112,6 +121,7 @@ class AssertSpec(Strict):
     transform: TransformSpec | None = Field(
         default=None,
         description="Applied to the output before this check: strip, lower, regex:…, file://x.py:fn",
+        json_schema_extra=_files("Python file"),
     )
     provider: ProviderSpec | None = Field(
         default=None,
@@ -121,6 +131,7 @@ class AssertSpec(Strict):
     rubricPrompt: str | list[dict[str, str]] | None = Field(
         default=None,
         description="Judge prompt: Jinja text, file://x.j2 or a message list (vars: rubric, output)",
+        json_schema_extra=_files("template"),
     )
     config: dict[str, Any] | None = Field(
         default=None,
@@ -151,12 +162,22 @@ class TestOptions(Strict):
         "storeOutputAs": "tests run independently here; write the earlier turn into the prompt",
     }
 
-    transform: TransformSpec | None = None
+    transform: TransformSpec | None = Field(
+        default=None,
+        description="Applied to the output before every check of the test (file://x.py:fn runs Python)",
+        json_schema_extra=_files("Python file"),
+    )
     postprocess: TransformSpec | None = Field(
-        default=None, description="promptfoo's old name for transform"
+        default=None,
+        description="promptfoo's old name for transform",
+        json_schema_extra=_files("Python file"),
     )
     provider: ProviderSpec | None = None
-    rubricPrompt: str | list[dict[str, str]] | None = None
+    rubricPrompt: str | list[dict[str, str]] | None = Field(
+        default=None,
+        description="Judge prompt for the test's checks: Jinja text, file://x.j2 or a message list",
+        json_schema_extra=_files("template"),
+    )
     disableVarExpansion: bool | None = Field(
         default=None, description="Keep list-valued vars as one value instead of one test each"
     )
@@ -182,13 +203,19 @@ class TestSpec(Strict):
     promptfoo_refused: ClassVar[dict[str, str]] = _TEST_REFUSED
 
     description: str | None = None
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The test's variables; a value file://x.txt is read from the file",
+        json_schema_extra=_files("variable file"),
+    )
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
     threshold: float | None = Field(
         default=None, ge=0, le=1, description="Pass when the weighted score reaches this"
     )
     transform: TransformSpec | None = Field(
-        default=None, description="Applied to the output before every check"
+        default=None,
+        description="Applied to the output before every check (file://x.py:fn runs Python)",
+        json_schema_extra=_files("Python file"),
     )
     options: TestOptions | None = None
     metadata: dict[str, Any] | None = Field(
@@ -205,10 +232,18 @@ class TestSpec(Strict):
 class DefaultTestSpec(Strict):
     promptfoo_refused: ClassVar[dict[str, str]] = _TEST_REFUSED
 
-    vars: dict[str, Any] = Field(default_factory=dict)
+    vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Variables for every test; a value file://x.txt is read from the file",
+        json_schema_extra=_files("variable file"),
+    )
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
     threshold: float | None = Field(default=None, ge=0, le=1)
-    transform: TransformSpec | None = None
+    transform: TransformSpec | None = Field(
+        default=None,
+        description="Applied to every test's output before its checks (file://x.py:fn runs Python)",
+        json_schema_extra=_files("Python file"),
+    )
     options: TestOptions | None = None
     metadata: dict[str, Any] | None = None
     provider: Any = Field(default=None, description=_NOTE_ONLY)
@@ -223,7 +258,9 @@ class Constraint(Strict):
         description="{type: json_schema, schema: {...}} (or OpenAI's json_schema: {schema: ...}), or {type: json_object}",
     )
     grammar: str | None = Field(
-        default=None, description="GBNF grammar text, or file://grammar.gbnf"
+        default=None,
+        description="GBNF grammar text, or file://grammar.gbnf",
+        json_schema_extra=_files("grammar file"),
     )
 
     @model_validator(mode="after")
@@ -237,7 +274,9 @@ class Constraint(Strict):
 
 class PromptSpec(Strict):
     id: str | None = Field(
-        default=None, description="promptfoo style: `file://path` or the template text itself"
+        default=None,
+        description="promptfoo style: `file://path` or the template text itself",
+        json_schema_extra=_files("prompt file"),
     )
     raw: str | None = Field(default=None, description="Inline Jinja template text")
     label: str | None = Field(default=None, description="Name shown in reports")
@@ -277,7 +316,9 @@ class ModelSpec(Strict):
     """A local GGUF model and its llama.cpp load settings (all set explicitly, never library defaults)."""
 
     path: str = Field(
-        description="A .gguf file (relative to the suite) or a bundled alias: smollm2, gemma3"
+        description="A .gguf file (relative to the suite; model files may live outside the "
+        "project) or a bundled alias: smollm2, gemma3. fake://rules?file=x.json reads a rules file",
+        json_schema_extra=_files("fake-backend rules file"),
     )
     label: str | None = Field(
         default=None, description="Name shown in reports (default: alias or file stem)"
@@ -306,6 +347,7 @@ class ModelSpec(Strict):
     chat_template: str | None = Field(
         default=None,
         description="Override the GGUF chat template: file://path.jinja or inline Jinja",
+        json_schema_extra=_files("chat template"),
     )
     flash_attn: bool = Field(
         default=False, description="llama.cpp flash attention (changes logits slightly)"
@@ -390,7 +432,14 @@ def _grid_field(name: str, field_info: Any) -> Any:
     base: Any = Annotated[args] if field_info.metadata else field_info.annotation
     kind: Any = base | list[base] if name in GRIDABLE else base
     default = None if name == "stop" else field_info.default
-    return (kind, Field(default=default, description=field_info.description))
+    return (
+        kind,
+        Field(
+            default=default,
+            description=field_info.description,
+            json_schema_extra=field_info.json_schema_extra,
+        ),
+    )
 
 
 # What editors see for `params:`: each gridable setting as a value or a list of values.
@@ -443,7 +492,11 @@ class Suite(Strict):
                 PromptSpec, BeforeValidator(_str_to_prompt, json_schema_input_type=str | PromptSpec)
             ]
         ],
-        Field(min_length=1, description="Inline Jinja text, file://path, or {id|raw, label}"),
+        Field(
+            min_length=1,
+            description="Inline Jinja text, file://path, or {id|raw, label}",
+            json_schema_extra=_files("prompt file"),
+        ),
     ]
     providers: Any = Field(
         default=None, description="promptfoo's providers; ignored: promptlab runs the local models"
@@ -451,12 +504,26 @@ class Suite(Strict):
     targets: Any = Field(
         default=None, description="promptfoo's other name for providers; ignored the same way"
     )
-    vars: dict[str, Any] = Field(default_factory=dict, description="Defaults for every test")
-    defaultTest: DefaultTestSpec | None = None
+    vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Defaults for every test; a value file://x.txt is read from the file",
+        json_schema_extra=_files("variable file"),
+    )
+    defaultTest: Annotated[
+        DefaultTestSpec | None,
+        BeforeValidator(lambda v: v, json_schema_input_type=DefaultTestSpec | str | None),
+        Field(
+            description="Merged into every test, or file://defaults.yaml holding it",
+            json_schema_extra=_files("defaultTest file"),
+        ),
+    ] = None
     tests: Annotated[
         list[Any] | str,
         BeforeValidator(lambda v: v, json_schema_input_type=list[str | TestSpec] | str),
-        Field(description="Tests, or file://tests.csv|.jsonl|.yaml (globs allowed), or a mix"),
+        Field(
+            description="Tests, or file://tests.csv|.jsonl|.yaml (globs allowed), or a mix",
+            json_schema_extra=_files("test file"),
+        ),
     ] = Field(default_factory=list)
     models: (
         list[
@@ -474,9 +541,10 @@ class Suite(Strict):
     repeat: int = Field(
         default=1, ge=1, le=1000, description="Run each cell N times, with seeds seed, seed+1, …"
     )
-    allow_code: bool = Field(
-        default=False,
-        description="Allow python checks and Python transforms from this project (or --allow-code)",
+    allow_code: bool | None = Field(
+        default=None,
+        description="Ignored, with a note: a suite cannot give itself consent to run code. The "
+        "person running it does: --allow-code, PROMPTLAB_ALLOW_CODE=1 or `promptlab trust`",
     )
     assertionTemplates: dict[str, Any] | None = Field(
         default=None, description="Reusable checks, used as $ref: '#/assertionTemplates/name'"
@@ -571,8 +639,8 @@ class LoadedSuite:
     env: TemplateEnv
     notes: list[str]
     files: dict[str, str]  # project-relative path -> sha256 of every file the suite read
-    allow_code: bool = False
     settings: list[Params] = field(default_factory=list)  # every combination of params:
+    claims_code: bool = False  # the suite set allow_code:, which grants nothing
     varied: list[str] = field(default_factory=list)  # the params keys that take several values
     repeat: int = 1
 
@@ -674,31 +742,8 @@ class _Loader:
             out.append(f"{places[0]}: {what} is ignored{more}; {why}")
         return out
 
-    def file_ref(self, ref: str, where: str) -> list[Path]:
-        raw = ref.removeprefix("file://")
-        target = Path(raw).expanduser()
-        if not target.is_absolute():
-            # normpath so messages say prompts/x.j2, not evals/../prompts/x.j2
-            target = Path(os.path.normpath(self.base / target))
-        if any(ch in raw for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(str(target), recursive=True))  # noqa: PTH207 - absolute patterns
-            if not matches:
-                raise InputError(f"{where}: no files match {raw}", hint="check the glob pattern")
-            paths = matches
-        else:
-            if not target.exists():
-                raise InputError(
-                    f"{where}: file {raw} not found (looked at {target})",
-                    hint="check the path; it is relative to the suite file",
-                )
-            paths = [target]
-        for p in paths:
-            if not p.resolve().is_relative_to(self.root):
-                raise InputError(
-                    f"{where}: {raw} is outside the project {self.root}",
-                    hint="keep suite files inside the project",
-                )
-        return paths
+    def file_ref(self, ref: str, where: str, what: str = "file") -> list[Path]:
+        return files.resolve_ref(ref, base=self.base, root=self.root, what=what, where=where)
 
     def record(self, path: Path, text: str) -> None:
         self.files[_rel(path, self.root)] = sha256_text(text)
@@ -754,7 +799,7 @@ class _Loader:
         label = spec.label or spec.display
         ref = self._prompt_ref(source, where) if spec.raw is None else None
         if ref is not None:
-            paths = self.file_ref(ref, where)
+            paths = self.file_ref(ref, where, "prompt file")
             out: list[PromptDef] = []
             for path in paths:
                 # a glob gives one prompt per file, each named by its file
@@ -956,7 +1001,7 @@ class _Loader:
                         hint="or write a mapping with vars: and assert: (promptlab reads local "
                         ".csv, .jsonl, .yaml and .json files)",
                     )
-                for path in self.file_ref(entry, where):
+                for path in self.file_ref(entry, where, "test file"):
                     raw += self.tests_file(path)
             elif isinstance(entry, dict):
                 try:
@@ -1073,7 +1118,7 @@ class _Loader:
                     )
                 loaded = [
                     (_rel(path, self.root), self.read_value(path, "variable file"))
-                    for path in self.file_ref(value, where)
+                    for path in self.file_ref(value, where, "variable file")
                 ]
                 loaded = [(rel, _FromFile(v) if type(v) is list else v) for rel, v in loaded]
                 value = loaded[0][1] if len(loaded) == 1 else _Alternatives(tuple(loaded))
@@ -1120,7 +1165,7 @@ class _Loader:
                 f"{where}: {value} as a '{type_}' value would run code; only python checks run code",
                 hint="use type: python with value: file://checks.py:function",
             )
-        paths = self.file_ref(value, where)
+        paths = self.file_ref(value, where, "check value file")
         if len(paths) != 1:
             raise InputError(f"{where}: {value} matches {len(paths)} files; name one file")
         return self.read_value(paths[0], "check value file")
@@ -1490,6 +1535,12 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
             )
         repeat = max(repeat, pf_repeat)
     settings, varied = _settings(suite.params, doc, path)
+    if suite.allow_code is not None:
+        notes.append(
+            f"{location(path, doc.line_of(('allow_code',)))}: allow_code: is ignored; a suite "
+            "cannot give itself consent to run code (python checks need --allow-code, "
+            "PROMPTLAB_ALLOW_CODE=1 or `promptlab trust` from the person running it)"
+        )
     ignored = [key for key in _IGNORED_TOP if getattr(suite, key) is not None]
     if ignored:
         line = min((doc.line_of((key,)) or 0) for key in ignored) or None
@@ -1546,7 +1597,7 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         env=loader.env,
         notes=notes + loader.notes + loader.ignored_notes(),
         files=loader.files,
-        allow_code=suite.allow_code,
+        claims_code=suite.allow_code is not None,
     )
 
 
@@ -1634,7 +1685,7 @@ def _default_test_file(data: dict[str, Any], doc: YamlDoc, loader: _Loader) -> d
     where = loader.where(doc.line_of(("defaultTest",)), "defaultTest")
     if not ref.startswith("file://"):
         raise InputError(f"{where}: text here must be file://defaults.yaml", hint="or a mapping")
-    paths = loader.file_ref(ref, where)
+    paths = loader.file_ref(ref, where, "defaultTest file")
     value = loader.read_value(paths[0], "defaultTest file")
     if not isinstance(value, dict):
         raise InputError(f"{paths[0]}: a defaultTest file must hold a mapping (vars:, assert:, …)")

@@ -29,8 +29,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from promptlab import files
 from promptlab.errors import InputError, location
-from promptlab.yamlio import read_text
 
 ROLES = ("system", "user", "assistant")
 _OPEN = "\ue000"  # private-use code points: never produced by real text or tokenizers' output
@@ -66,25 +66,34 @@ class RoleExtension(Extension):
 
 
 class ProjectLoader(jinja2.BaseLoader):
-    """Loads templates by project-relative POSIX name and refuses anything outside the project."""
+    """Loads templates by project-relative POSIX name, through `files.confine`: includes and
+    imports reach only regular files inside the project, symlinks followed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
     def path_for(self, name: str) -> Path:
-        path = (self.root / name).resolve()
-        if name.startswith("/") or not path.is_relative_to(self.root):
+        if name.startswith("/"):
             raise OutsideProjectError(
-                f"template '{name}' is outside the project {self.root}; "
-                "move it inside the project (the git work tree holding the suite)"
+                f"template '{name}' is outside the project {self.root}; move it inside the "
+                "project and name it from the project root (or with ./ ../ from the includer)"
             )
-        return path
+        return self.root / name
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
-        path = self.path_for(template)
-        if not path.is_file():
-            raise jinja2.TemplateNotFound(template)
-        text = read_text(path, "template")
+        try:
+            path = files.confine(
+                self.path_for(template),
+                self.root,
+                what="template",
+                where="included template",
+                shown=f"'{template}'",
+            )
+        except files.FileRefused as exc:
+            if exc.reason == "missing":
+                raise jinja2.TemplateNotFound(template) from None
+            raise OutsideProjectError(exc.one_line()) from None
+        text = files.read_text(path, "template")
         mtime = path.stat().st_mtime_ns
         return text, str(path), lambda: path.is_file() and path.stat().st_mtime_ns == mtime
 
@@ -95,15 +104,6 @@ class _Env(ImmutableSandboxedEnvironment):
         if template.startswith(("./", "../")):
             return posixpath.normpath(posixpath.join(posixpath.dirname(parent), template))
         return template
-
-
-def find_project_root(start: Path) -> Path:
-    """The git work tree holding `start`, or the current directory outside git."""
-    here = start.resolve()
-    for folder in (here, *here.parents):
-        if (folder / ".git").exists():
-            return folder
-    return Path.cwd().resolve()
 
 
 def _template_line(exc: BaseException, filename: str | None) -> int | None:
@@ -135,19 +135,9 @@ class TemplateEnv:
         )
         self._inline: dict[str, jinja2.Template] = {}
 
-    def name_for(self, path: Path) -> str:
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root):
-            raise InputError(
-                f"{path}: is outside the project {self.root}",
-                hint="keep templates inside the git work tree that holds the suite",
-            )
-        return resolved.relative_to(self.root).as_posix()
-
     def load_file(self, path: Path, where: str) -> jinja2.Template:
-        name = self.name_for(path)
-        if not path.is_file():
-            raise InputError(f"{where}: template file {path} not found", hint="check the path")
+        real = files.confine(path, self.root, what="template file", where=where, shown=str(path))
+        name = real.relative_to(self.root).as_posix()
         try:
             return self.env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab import usercode
+from promptlab.consent import CodeMode
 from promptlab.errors import InputError
 
 
@@ -73,7 +74,17 @@ def _regex_step(pattern: str, where: str) -> Step:
     return Step(f"regex:{pattern}", extract)
 
 
-def parse(spec: Any, *, where: str, base: Path, root: Path, allow_code: bool) -> Transform | None:
+def parse(
+    spec: Any,
+    *,
+    where: str,
+    base: Path,
+    root: Path,
+    code: CodeMode,
+    code_used: list[str] | None = None,
+) -> Transform | None:
+    """A transform spec → steps. Python steps follow `code` (see consent.py); where they are
+    named is appended to `code_used`."""
     if spec is None:
         return None
     items = spec if isinstance(spec, list) else [spec]
@@ -97,8 +108,10 @@ def parse(spec: Any, *, where: str, base: Path, root: Path, allow_code: bool) ->
                     f"{where}: JavaScript transforms are not supported",
                     hint="port it to Python: file://x.py:function",
                 )
-            usercode.require_consent(allow_code, where, "a Python transform")
-            ref = usercode.load_file_ref(text, base, root, where)
+            usercode.require_consent(code, where, "a Python transform")
+            ref = usercode.load_file_ref(text, base, root, where, code)
+            if code_used is not None:
+                code_used.append(f"{where} (Python transform {ref.label})")
             steps.append(Step(ref.label, _user(ref.func, where)))
         else:
             raise InputError(

@@ -1,20 +1,24 @@
 """Running the user's own Python: `python` checks and Python transforms.
 
-Code runs only with explicit consent (`--allow-code` or `allow_code: true` in the suite), because
-a suite file should never be able to run code just by being validated or rendered. Files must live
+Code runs only in `promptlab run`, and only with the person's consent (see consent.py); a suite
+cannot allow itself. `validate` and `render` read and parse the code (syntax, the function's
+name) without executing a line of it. Files are read through `files.confine`, so they must live
 inside the project. Functions are loaded once per file and called in-process.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptlab import files
+from promptlab.consent import HOW, CodeMode, ConsentError
 from promptlab.errors import InputError
 
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name for a file without :function
@@ -23,32 +27,55 @@ _MODULES: dict[Path, Any] = {}
 
 @dataclass(frozen=True)
 class CodeRef:
-    """A callable from the user's project, or inline code, ready to call."""
+    """A callable from the user's project, or inline code, ready to call (in CodeMode.RUN)."""
 
     label: str  # "checks.py:is_polite" or "inline"
     func: Callable[..., Any]
 
 
-def require_consent(allowed: bool, where: str, what: str) -> None:
-    if not allowed:
-        raise InputError(
-            f"{where}: {what} runs Python code from your project",
-            hint="pass --allow-code to `promptlab run`, or set allow_code: true in the suite",
-        )
+def require_consent(mode: CodeMode, where: str, what: str) -> None:
+    if mode is CodeMode.REFUSE:
+        raise ConsentError(f"{where}: {what} runs Python code from your project", hint=HOW)
 
 
-def _load_module(path: Path, where: str) -> Any:
+def _not_loaded(*_args: Any) -> Any:
+    # validate and render prepare checks without executing user code; nothing evaluates them.
+    raise RuntimeError("user code is not loaded outside `promptlab run`")
+
+
+def _module_names(body: Iterable[ast.stmt]) -> set[str]:
+    """Names a module binds at top level (also inside top-level if/try/with blocks)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, block, []):
+                    inner = child.body if isinstance(child, ast.ExceptHandler) else [child]
+                    names |= _module_names(inner)
+    return names
+
+
+def _load_module(path: Path, source: str, where: str) -> Any:
     resolved = path.resolve()
     if resolved in _MODULES:
         return _MODULES[resolved]
     name = f"promptlab_user_{abs(hash(resolved)):x}"
-    spec = importlib.util.spec_from_file_location(name, resolved)
-    if spec is None or spec.loader is None:
-        raise InputError(f"{where}: cannot load {path} as Python")
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=str(resolved))
+    assert spec is not None
     module = importlib.util.module_from_spec(spec)
+    module.__file__ = str(resolved)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        # The source promptlab read through files.confine is what runs, not a second read.
+        exec(compile(source, str(resolved), "exec"), module.__dict__)
     except SyntaxError as exc:
         raise InputError(f"{path}:{exc.lineno}: Python syntax error: {exc.msg}") from None
     except Exception as exc:  # the user's module failed at import time
@@ -57,7 +84,9 @@ def _load_module(path: Path, where: str) -> Any:
     return module
 
 
-def load_file_ref(ref: str, base: Path, root: Path, where: str) -> CodeRef:
+def load_file_ref(
+    ref: str, base: Path, root: Path, where: str, mode: CodeMode = CodeMode.CHECK
+) -> CodeRef:
     """`file://checks.py:function` (or `file://checks.py`, meaning get_assert) → a callable."""
     spec = ref.removeprefix("file://")
     file_part, _, func_name = spec.partition(":")
@@ -66,41 +95,46 @@ def load_file_ref(ref: str, base: Path, root: Path, where: str) -> CodeRef:
             f"{where}: JavaScript files are not supported",
             hint="port it to Python: file://checks.py:function",
         )
-    path = Path(file_part).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    if not path.is_file():
-        raise InputError(
-            f"{where}: Python file {file_part} not found (looked at {path})",
-            hint="check the path; it is relative to the suite file",
-        )
-    if not path.resolve().is_relative_to(root):
-        raise InputError(
-            f"{where}: {file_part} is outside the project {root}",
-            hint="keep code inside the project",
-        )
+    require_consent(mode, where, f"file://{file_part}")
+    (path,) = files.resolve_ref(
+        file_part, base=base, root=root, what="Python file", where=where, globs=False
+    )
+    source = files.read_text(path, "Python file")
     func_name = func_name or DEFAULT_FUNCTION
-    module = _load_module(path, where)
+    missing = InputError(
+        f"{where}: {file_part} has no function {func_name}()",
+        hint="define it, or name another after the colon: file://x.py:my_check",
+    )
+    label = f"{path.name}:{func_name}"
+    if mode is CodeMode.CHECK:
+        try:
+            tree = ast.parse(source, str(path))
+        except SyntaxError as exc:
+            raise InputError(f"{path}:{exc.lineno}: Python syntax error: {exc.msg}") from None
+        if func_name not in _module_names(tree.body):
+            raise missing
+        return CodeRef(label, _not_loaded)
+    module = _load_module(path, source, where)
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise InputError(
-            f"{where}: {file_part} has no function {func_name}()",
-            hint="define it, or name another after the colon: file://x.py:my_check",
-        )
-    return CodeRef(f"{path.name}:{func_name}", func)
+        raise missing
+    return CodeRef(label, func)
 
 
-def compile_inline(code: str, where: str) -> CodeRef:
+def compile_inline(code: str, where: str, mode: CodeMode = CodeMode.CHECK) -> CodeRef:
     """promptfoo-style inline Python: one expression, or a function body that returns a value.
 
     `output` and `context` are in scope.
     """
+    require_consent(mode, where, "inline Python")
     source = code.strip()
     try:
         expr = compile(source, "<inline python>", "eval")
     except SyntaxError:
         expr = None
     if expr is not None:
+        if mode is CodeMode.CHECK:
+            return CodeRef("inline", _not_loaded)
         compiled = expr
 
         def run_expr(output: str, context: dict[str, Any]) -> Any:
@@ -108,11 +142,14 @@ def compile_inline(code: str, where: str) -> CodeRef:
 
         return CodeRef("inline", run_expr)
     body = "def __check(output, context):\n" + textwrap.indent(source, "    ")
-    namespace: dict[str, Any] = {}
     try:
-        exec(compile(body, "<inline python>", "exec"), namespace)
+        compiled_body = compile(body, "<inline python>", "exec")
     except SyntaxError as exc:
         raise InputError(
             f"{where}: inline Python syntax error (line {(exc.lineno or 2) - 1}): {exc.msg}"
         ) from None
+    if mode is CodeMode.CHECK:
+        return CodeRef("inline", _not_loaded)
+    namespace: dict[str, Any] = {}
+    exec(compiled_body, namespace)  # defines __check; the user's body runs only when called
     return CodeRef("inline", namespace["__check"])

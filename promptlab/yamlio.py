@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from promptlab.errors import InputError, location
+from promptlab.files import read_text
 
 
 @dataclass
@@ -44,29 +45,6 @@ class YamlDoc:
             else:
                 return line
         return line
-
-
-def read_text(path: Path, what: str = "file") -> str:
-    """Read a UTF-8 text file, refusing binaries with a message that says so."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found", hint="check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a {what}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    if b"\x00" in raw[:8192]:
-        raise InputError(
-            f"{path}: is a binary file, not a text {what}", hint="point at a text file"
-        )
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}: byte {exc.start} is not valid UTF-8",
-            hint="save the file as UTF-8 text",
-        ) from None
 
 
 def _check_duplicates(path: Path, node: yaml.Node, seen: set[int]) -> None:

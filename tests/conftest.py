@@ -27,6 +27,13 @@ class Project:
         return path
 
 
+@pytest.fixture(autouse=True)
+def _no_code_consent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits consent to run code from the environment or the user's trust file."""
+    monkeypatch.delenv("PROMPTLAB_ALLOW_CODE", raising=False)
+    monkeypatch.setenv("PROMPTLAB_CONFIG", str(tmp_path / "config"))
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """A project root (marked as a git work tree) that is also the current directory."""

@@ -133,7 +133,12 @@ def test_init_scaffolds_a_project(
     r = cli("init")
     assert r.code == 0, r.err
     created = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert created == ["evals/starter.yaml", "prompts/sentiment.j2", "suite.schema.json"]
+    assert created == [
+        "evals/starter.yaml",
+        "promptlab.toml",
+        "prompts/sentiment.j2",
+        "suite.schema.json",
+    ]
     assert "promptlab run evals/starter.yaml" in r.out
     schema = json.loads((folder / "suite.schema.json").read_text())
     assert schema == core.suite_schema()

@@ -71,7 +71,7 @@ tests:
 
 def write_suite(project: Project, name: str, rules: dict[str, str], extra: str = "") -> Path:
     project.write(f"{name}.json", json.dumps(rules))
-    model = f"fake://rules?file={name}.json{extra}"
+    model = f"fake://rules?file=../{name}.json{extra}"
     return project.write(f"evals/{name}.yaml", SUITE.replace("MODEL", model))
 
 
@@ -461,7 +461,7 @@ def test_history_of_real_runs_sees_template_edits(project: Project, cli: Cli) ->
     project.write("a.json", json.dumps(RULES_A))
     suite = project.write(
         "evals/caps.yaml",
-        SUITE.replace("MODEL", "fake://rules?file=a.json").replace(
+        SUITE.replace("MODEL", "fake://rules?file=../a.json").replace(
             '- raw: "Capital of {{ country }}?"\n    label: plain',
             "- id: file://../prompts/p.j2\n    label: plain",
         ),

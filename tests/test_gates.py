@@ -31,7 +31,7 @@ prompts:
   - raw: "Capital of {{ country }}?"
     label: plain
 models:
-  - path: "fake://rules?file=rules.json&fail_on=Peru"
+  - path: "fake://rules?file=../rules.json&fail_on=Peru"
     label: fake
 tests:
   - vars: {country: France, capital: Paris}
@@ -211,7 +211,7 @@ def test_junit_names_repeats_and_settings(project: Project, cli: Cli) -> None:
         "evals/rep.yaml",
         """
         prompts: ["Capital of {{ country }}?"]
-        models: [{path: "fake://rules?file=rules.json", label: fake}]
+        models: [{path: "fake://rules?file=../rules.json", label: fake}]
         params: {temperature: [0, 0.5]}
         repeat: 2
         tests:

@@ -143,9 +143,12 @@ def test_example_runs_unchanged_on_the_bundled_model(project: Project, cli: Cli)
 
 def test_python_checks_need_consent(project: Project, cli: Cli) -> None:
     path, _ = _copy(project, "python-assert/promptfooconfig-inline.yaml")
-    result = cli("validate", path, "--model", "fake://echo")
+    checked = cli("validate", path, "--model", "fake://echo")  # parses the code, runs none of it
+    assert checked.code == 0, checked.err
+    assert "will refuse it until you consent" in " ".join(checked.err.split())
+    result = cli("run", path, "--model", "fake://echo", "-o", project.root / "out")
     assert result.code == 2
-    assert "--allow-code" in result.err
+    assert "--allow-code" in result.err and not (project.root / "out").exists()
 
 
 # --- what the examples exercise --------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from promptlab import assertions
 from promptlab.assertions import CheckContext, PrepareEnv, combine, evaluate, named_scores, prepare
 from promptlab.backends import ChoiceScore, Generation, TokenLogprob
+from promptlab.consent import CodeMode
 from promptlab.errors import InputError
 from promptlab.templates import Message, TemplateEnv
 
@@ -53,7 +54,7 @@ def env(
     return PrepareEnv(
         base=tmp_path,
         root=tmp_path,
-        allow_code=allow_code,
+        code=CodeMode.RUN if allow_code else CodeMode.REFUSE,
         templates=TemplateEnv(tmp_path),
         variables=variables or {},
     )

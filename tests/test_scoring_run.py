@@ -234,12 +234,11 @@ def test_python_checks_need_allow_code(project: Project, cli: Cli) -> None:
     assert [c["pass"] for c in rows[0]["checks"]] == [True, True]
 
 
-def test_allow_code_in_the_suite(project: Project, cli: Cli) -> None:
+def test_transforms_apply_before_python_checks(project: Project, cli: Cli) -> None:
     result, rows, _ = run(
         project,
         cli,
         """
-        allow_code: true
         prompts: ["x"]
         models: ["fake://reply?text=  PARIS  "]
         tests:
@@ -248,6 +247,7 @@ def test_allow_code_in_the_suite(project: Project, cli: Cli) -> None:
               - {type: python, value: "output == 'paris'"}
               - {type: equals, value: paris}
         """,
+        "--allow-code",
     )
     assert result.code == 0, result.err
     assert rows[0]["output"] == "  PARIS  "  # the raw output is kept; checks see the transform

@@ -3,7 +3,8 @@
 Model paths select the behaviour:
   fake://echo               reply with the last user message (or the raw prompt)
   fake://reply?text=Paris   always reply `text` (also under a grammar: tests control the output)
-  fake://rules?file=x.json  reply with the value of the first key found in the prompt
+  fake://rules?file=x.json  reply with the value of the first key found in the prompt (the file
+                            is relative to the suite and must lie inside its project)
 Options (query string, combinable): sleep_ms=N (simulated latency), fail_on=WORD (a cell error when
 the prompt contains WORD), interrupt_after=N (raise KeyboardInterrupt on call N+1, as Ctrl-C
 would; generate and score_choices calls both count), load_error=1 (fail to load),
@@ -42,8 +43,9 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+from promptlab import files
 from promptlab.backends import (
     CellError,
     ChoiceScore,
@@ -68,6 +70,20 @@ def _edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
+def confine_rules(spec: str, base: Path, root: Path, where: str) -> str:
+    """`spec` with its rules file (relative to the suite's folder) checked by `files.confine` and
+    named by its absolute path, so the backend reads only what the plan allowed."""
+    url = urlparse(spec)
+    query = parse_qs(url.query, keep_blank_values=True)
+    if "file" not in query:
+        return spec
+    (path,) = files.resolve_ref(
+        query["file"][-1], base=base, root=root, what="rules file", where=where, globs=False
+    )
+    query["file"] = [str(path.absolute())]
+    return urlunparse(url._replace(query=urlencode(query, doseq=True)))
+
+
 class FakeBackend:
     def __init__(self, spec: str, settings: LoadSettings, *, embedding: bool = False) -> None:
         url = urlparse(spec)
@@ -88,9 +104,11 @@ class FakeBackend:
                 f"{spec}: unknown fake backend mode '{self.mode}'", hint="use echo, reply or rules"
             )
         if self.mode == "rules":
+            if "file" not in query:
+                raise InputError(f"{spec}: rules mode needs ?file=rules.json")
             try:
-                self.rules = json.loads(Path(query["file"]).read_text())
-            except (KeyError, OSError, ValueError) as exc:
+                self.rules = json.loads(files.read_text(Path(query["file"]), "rules file"))
+            except ValueError as exc:
                 raise InputError(f"{spec}: cannot read rules file: {exc}") from None
         if query.get("load_error"):
             raise BackendError(f"{spec}: simulated load failure")
