@@ -327,9 +327,8 @@ def variant_deltas(diffs: Iterable[CellDiff]) -> list[VariantDelta]:
         b = d.b
         test_key = json.dumps([b.get("test_index"), b.get("test"), b.get("vars")], default=str)
         groups.setdefault(d.variant, {}).setdefault(test_key, []).append(d)
-    # scipy/statsmodels (and pandas, which statsmodels imports) load only here, never on the way
-    # to a model load: imported before llama.cpp loads a model, they crash the load (measured on
-    # an H100 machine: SIGSEGV / "free(): invalid pointer" with the CUDA and the CPU backend).
+    # numpy loads only here, never on the way to a model load (stats no longer imports scipy or
+    # statsmodels, whose import before a CUDA model load crashed it: backends/native.py).
     from promptlab import stats  # noqa: PLC0415
 
     out: list[VariantDelta] = []

@@ -631,3 +631,53 @@ def test_the_llama_backend_preloads_libstdcxx_before_llama_cpp() -> None:
         if isinstance(node, ast.Import) and any(a.name.startswith("llama_cpp") for a in node.names)
     )
     assert call < first_llama
+
+
+# --- the numpy ports against the libraries they follow -------------------------------------------
+
+
+@pytest.mark.parametrize("n", [14, 20, 40])
+def test_random_sign_flips_draw_exactly_what_scipy_draws(n: int) -> None:
+    # Past 2^13 flips both sample: the same generator calls give the same null distribution.
+    d = np.random.default_rng(n).normal(size=n).round(2)
+    res = sps.permutation_test(
+        (d,),
+        lambda x, axis=-1: x.sum(axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=stats.N_PERMUTATIONS_QUICK,
+        alternative="two-sided",
+        random_state=np.random.default_rng(stats.SEED),
+    )
+    assert stats._sign_flip_p(d, stats.N_PERMUTATIONS_QUICK) == pytest.approx(res.pvalue)
+
+
+@pytest.mark.parametrize("method", ["BCa", "percentile"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bootstrap_port_matches_scipy(method: str, seed: int) -> None:
+    data = np.random.default_rng(seed).random(int(12 + 9 * seed))
+    ref = sps.bootstrap(
+        (data,), np.mean, n_resamples=999, method=method, random_state=np.random.default_rng(0)
+    ).confidence_interval
+    got = stats._bootstrap_interval(data, method.lower(), 0.95, 999, 0)
+    assert got == pytest.approx((ref.low, ref.high), rel=1e-12)
+
+
+def test_wilson_mcnemar_and_holm_match_statsmodels() -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.proportion import proportion_confint
+
+    for k, n in [(0, 1), (0, 7), (3, 7), (7, 7), (41, 100), (999, 1000)]:
+        assert stats.wilson(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"))
+    for b, c in [(0, 0), (1, 9), (4, 4), (0, 13), (30, 52)]:
+        expected = mcnemar([[5, b], [c, 5]], exact=True).pvalue
+        assert stats._binom_two_sided(min(b, c), b + c) == pytest.approx(expected)
+    p = [0.01, 0.04, 0.03, 0.2, 0.04, 0.5]
+    assert stats.holm_adjust(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+
+
+def test_stats_import_no_scipy_or_statsmodels() -> None:
+    code = "import sys, promptlab.stats; print(sorted(m for m in ('scipy', 'statsmodels') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
