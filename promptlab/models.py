@@ -170,9 +170,13 @@ def _sha_cache_path() -> Path:
     return cache_dir() / "sha256.json"
 
 
-def _key(path: Path) -> str:
+def file_identity(path: Path) -> str:
+    """A file version without hashing it: real path, size and modification time."""
     st = path.stat()
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+_key = file_identity
 
 
 def _load_sha_cache() -> dict[str, str]:

@@ -187,6 +187,7 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
         flash_attn=spec.flash_attn,
         seed=seed,
         prefix_chunk=spec.prefix_chunk,
+        parallel=None if spec.parallel == "auto" else spec.parallel,
     )
     if gguf is not None and gguf.n_ctx_train and spec.n_ctx > gguf.n_ctx_train:
         suite.notes.append(

@@ -8,6 +8,8 @@ All text that reaches the HTML is escaped.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import pandas as pd
 
 from promptlab import stats
 from promptlab.html import render_html
-from promptlab.store import atomic_write, read_manifest, read_results
+from promptlab.store import StoreError, atomic_write, read_manifest, read_results
 
 PARAM_COLUMNS = (
     "temperature",
@@ -172,7 +174,44 @@ def _stat_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
+# Bump when promptlab.stats can give other numbers for the same rows.
+STATS_REVISION = 2
+
+
+def run_statistics(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(stats.variant_stats(rows), stats.compare_run(rows)), memoized on disk.
+
+    The statistics are a pure function of these rows (fixed seeds), and the bootstraps and
+    permutation tests behind them take a few hundred milliseconds for a handful of variants, a
+    good part of a rerun served from the cache. So they are kept in ~/.cache/promptlab/stats/,
+    keyed by the rows and the versions of promptlab's statistics and of numpy (whose random
+    generator they draw from); an unchanged rerun reads them back.
+    """
+    from importlib import metadata  # noqa: PLC0415
+
+    from promptlab.models import cache_dir  # noqa: PLC0415
+
+    versions: list[str | None] = []
+    for dist in ("numpy",):
+        try:
+            versions.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            versions.append(None)
+    blob = json.dumps([STATS_REVISION, versions, rows], sort_keys=True, default=str)
+    file = cache_dir() / "stats" / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
+    try:
+        memo = json.loads(file.read_text(encoding="utf-8"))
+        return list(memo["variants"]), list(memo["comparisons"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    variants, comparisons = stats.variant_stats(rows), stats.compare_run(rows)
+    with contextlib.suppress(OSError, StoreError):
+        atomic_write(file, json.dumps({"variants": variants, "comparisons": comparisons}))
+    return variants, comparisons
+
+
+def summary_frame(df: pd.DataFrame, variants: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """summary.csv; `variants` are stats.variant_stats of the same rows (computed if None)."""
     columns = [
         "model",
         "prompt",
@@ -219,9 +258,9 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     out["mean_score"] = out["mean_score"].astype(float).round(4)
     out["completion_tokens"] = out["completion_tokens"].fillna(0).astype(int)
     # Intervals, repeat metrics and rank, per variant; same (first-seen) order as the groups.
-    by_key = {
-        (v["model"], v["prompt"], v["setting"]): v for v in stats.variant_stats(_stat_rows(df))
-    }
+    if variants is None:
+        variants = stats.variant_stats(_stat_rows(df))
+    by_key = {(v["model"], v["prompt"], v["setting"]): v for v in variants}
     keys = zip(out["model"], out["prompt"], out["setting"], strict=True)
     extra = pd.DataFrame.from_records(
         [{name: by_key[key][name] for name in STAT_COLUMNS} for key in keys],
@@ -306,8 +345,8 @@ def build_reports(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
     # Rows are stored in run order (prefix-aware, resumable); reports follow the suite's order.
     rows = sorted(read_results(folder), key=lambda r: r.get("order", 0))
     df = results_frame(rows)
-    summary = summary_frame(df)
-    comparisons = stats.compare_run(_stat_rows(df))
+    variants, comparisons = run_statistics(_stat_rows(df))
+    summary = summary_frame(df, variants)
     results_csv, summary_csv, comparisons_csv, page = (
         folder / "results.csv",
         folder / "summary.csv",

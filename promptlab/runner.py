@@ -12,10 +12,12 @@ from typing import Any, Protocol
 
 from promptlab import assertions
 from promptlab.backends import (
+    DECODE_REVISION,
     Backend,
     CellError,
     ChoiceScore,
     Generation,
+    GenRequest,
     LoadSettings,
     Sampling,
     TokenLogprob,
@@ -147,7 +149,8 @@ class ModelHandle:
                 self._identity = f"{describe_sha(path)}|{engine_id()}"
         return {
             "model": self._identity,
-            "load": self.model.settings.as_dict(),
+            "load": self.model.settings.result_key(),
+            "decode": DECODE_REVISION,
             "embedding": self.embedding,
         }
 
@@ -182,6 +185,40 @@ def _gen_from_json(data: dict[str, Any]) -> tuple[Generation, float]:
     return gen, latency
 
 
+def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
+    return make_key(
+        kind="generate",
+        **handle.identity(),
+        text=request.text,
+        add_bos=request.add_bos,
+        sampling=asdict(request.sampling),
+        grammar=request.grammar,
+        logprobs=request.logprobs,
+    )
+
+
+def cached_generation(
+    cache: Cache | None, handle: ModelHandle, request: GenRequest
+) -> tuple[Generation, float] | None:
+    """(generation, latency ms) from the result cache, without loading the model."""
+    if cache is None:
+        return None
+    hit = cache.get("generate", _generation_key(handle, request))
+    if hit is None:
+        return None
+    try:
+        return _gen_from_json(hit)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None  # an entry of the wrong shape (another version?) is a miss: regenerate
+
+
+def remember_generation(
+    cache: Cache | None, handle: ModelHandle, request: GenRequest, gen: Generation, latency: float
+) -> None:
+    if cache is not None:
+        cache.put("generate", _generation_key(handle, request), _gen_to_json(gen, latency))
+
+
 def generate_cached(
     cache: Cache | None,
     handle: ModelHandle,
@@ -192,31 +229,15 @@ def generate_cached(
     logprobs: int | None,
 ) -> tuple[Generation, float, bool]:
     """(generation, latency ms, served from the cache). CellError propagates and is not cached."""
-    key = None
-    if cache is not None:
-        key = make_key(
-            kind="generate",
-            **handle.identity(),
-            text=text,
-            add_bos=add_bos,
-            sampling=asdict(sampling),
-            grammar=grammar,
-            logprobs=logprobs,
-        )
-        hit = cache.get("generate", key)
-        if hit is not None:
-            try:
-                gen, latency = _gen_from_json(hit)
-            except (TypeError, KeyError, ValueError, AttributeError):
-                pass  # an entry of the wrong shape (another version?) is a miss: regenerate
-            else:
-                return gen, latency, True
+    request = GenRequest(text, add_bos, sampling, grammar, logprobs)
+    hit = cached_generation(cache, handle, request)
+    if hit is not None:
+        return hit[0], hit[1], True
     backend = handle.get()
     start = time.perf_counter()
     gen = backend.generate(text, add_bos, sampling, grammar=grammar, logprobs=logprobs)
     latency = (time.perf_counter() - start) * 1000
-    if cache is not None and key is not None:
-        cache.put("generate", key, _gen_to_json(gen, latency))
+    remember_generation(cache, handle, request, gen, latency)
     return gen, latency, False
 
 
@@ -246,6 +267,13 @@ class RunServices:
 
     def use(self, handle: ModelHandle) -> None:
         self.handle = handle
+
+    def same_model(self, provider: str) -> bool:
+        """Whether a check's `provider:` names the model under test (it then shares its backend)."""
+        model = self.plan.aux_models.get(provider)
+        return (
+            model is not None and self.handle is not None and model.path == self.handle.model.path
+        )
 
     def _resolve(self, provider: str | None) -> PlannedModel:
         if provider is None:
@@ -286,11 +314,9 @@ class RunServices:
                     return [ChoiceScore(**c) for c in hit]
                 except (TypeError, KeyError):
                     pass  # wrong shape: a miss
-        # A fresh context per cell: on Gemma3 (CPU) logits vary with how a sequence was split
-        # into decode calls (up to 0.28 nats measured), so reusing the previous cell's prefix
-        # would make scores depend on cell order and --filter. The context is still evaluated
-        # once for all of a cell's choices.
-        scores = self.handle.get().score_choices(context, add_bos, choices, reuse_prefix=False)
+        # The backend reuses a cached prefix only where that cannot change the scores
+        # (backends/llama_decode.py), so the previous cell's prefix is kept.
+        scores = self.handle.get().score_choices(context, add_bos, choices)
         if self.cache is not None and key is not None:
             self.cache.put("choices", key, [asdict(c) for c in scores])
         return scores
@@ -523,12 +549,16 @@ def execute(
                 after_load=loaded,
             )
             services.use(handle)
+
+            def emit(row: dict[str, Any]) -> None:
+                writer.append(row)
+                stats.add(row)
+                progress.cell_done(row)
+
             try:
-                for cell in cells:
-                    row = _run_cell(cell, plan, handle, services, cache)
-                    writer.append(row)
-                    stats.add(row)
-                    progress.cell_done(row)
+                timing = _run_model(cells, plan, handle, services, cache, emit)
+                if timing is not None:
+                    record["generation"] = timing
             finally:
                 handle.close()
             if not handle.loaded and record not in stats.models:
@@ -539,34 +569,98 @@ def execute(
     return stats
 
 
-def _run_cell(
-    cell: Cell, plan: Plan, handle: ModelHandle, services: RunServices, cache: Cache | None
-) -> dict[str, Any]:
-    gen: Generation | None = None
-    error: str | None = None
-    cached = False
-    if cell.generate:
-        start = time.perf_counter()
-        try:
-            gen, latency_ms, cached = generate_cached(
-                cache,
-                handle,
-                cell.text,
-                cell.add_bos,
-                cell.sampling or plan.sampling,
-                cell.grammar.gbnf if cell.grammar else None,
-                cell.logprobs,
-            )
-        except CellError as exc:
-            error = exc.one_line()
-            latency_ms = (time.perf_counter() - start) * 1000
-        row = make_row(cell, plan, gen, latency_ms, error, services)
-    else:
-        # Scored from the prompt alone (choice): the time is the scoring's own.
-        start = time.perf_counter()
-        hits = cache.hits if cache is not None else 0
-        row = make_row(cell, plan, None, 0.0, None, services)
-        row["latency_ms"] = round((time.perf_counter() - start) * 1000, 3)
-        cached = cache is not None and cache.hits > hits
-    row["cached"] = cached
-    return row
+def _request(cell: Cell, plan: Plan) -> GenRequest:
+    return GenRequest(
+        cell.text,
+        cell.add_bos,
+        cell.sampling or plan.sampling,
+        cell.grammar.gbnf if cell.grammar else None,
+        cell.logprobs,
+        tag=cell,
+    )
+
+
+def _needs_model(cell: Cell, services: RunServices) -> bool:
+    """Whether scoring the cell calls the model under test (choice checks, a judge without a
+    provider of its own): such cells are scored after the batch that generated them."""
+    for check in cell.checks:
+        for c in check.walk():
+            if c.base == "choice":
+                return True
+            if c.base in assertions.JUDGE_TYPES:
+                provider = c.options.get("provider")
+                if provider is None or services.same_model(provider):
+                    return True
+    return False
+
+
+def _run_model(
+    cells: list[Cell],
+    plan: Plan,
+    handle: ModelHandle,
+    services: RunServices,
+    cache: Cache | None,
+    emit: Callable[[dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """Every cell of one model: choice-only cells and cache hits first, then every generation
+    the cache lacks in one batch (the backend runs several at once where that is exact); rows
+    are emitted as cells finish. Returns the batch's wall time and token counts, for the
+    manifest (None when nothing was generated)."""
+    misses: list[GenRequest] = []
+    for cell in cells:
+        if not cell.generate:
+            # Scored from the prompt alone (choice): the time is the scoring's own.
+            start = time.perf_counter()
+            hits = cache.hits if cache is not None else 0
+            row = make_row(cell, plan, None, 0.0, None, services)
+            row["latency_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            row["cached"] = cache is not None and cache.hits > hits
+            emit(row)
+            continue
+        request = _request(cell, plan)
+        hit = cached_generation(cache, handle, request)
+        if hit is not None:
+            row = make_row(cell, plan, hit[0], hit[1], None, services)
+            row["cached"] = True
+            emit(row)
+        else:
+            misses.append(request)
+    if not misses:
+        return None
+    backend = handle.get()
+    started = time.perf_counter()
+    tokens = prompt_tokens = evaluated = 0
+    # Where batching is not exact on this model but parallel > 1 was asked for, results may
+    # depend on which cells shared a step: they are reported, never cached.
+    store = cache if backend.info.facts.get("batch_exact", True) else None
+    deferred: list[tuple[Cell, Generation]] = []
+    for request, result in backend.generate_batch(misses):
+        cell = request.tag
+        if isinstance(result, CellError):
+            row = make_row(cell, plan, None, 0.0, result.one_line(), services)
+        else:
+            latency = result.wall_ms if result.wall_ms is not None else 0.0
+            tokens += result.completion_tokens
+            prompt_tokens += result.prompt_tokens
+            evaluated += result.prompt_eval_tokens or 0
+            remember_generation(store, handle, request, result, latency)
+            if _needs_model(cell, services):
+                deferred.append((cell, result))
+                continue
+            row = make_row(cell, plan, result, latency, None, services)
+        row["cached"] = False
+        emit(row)
+    wall_ms = (time.perf_counter() - started) * 1000
+    for cell, gen in deferred:
+        row = make_row(cell, plan, gen, gen.wall_ms or 0.0, None, services)
+        row["cached"] = False
+        emit(row)
+    return {
+        "cells": len(misses),
+        "wall_ms": round(wall_ms, 1),
+        "completion_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "prompt_eval_tokens": evaluated,
+        # Scoring of cells that need no model runs inside this time too.
+        "completion_tokens_per_s": round(tokens / wall_ms * 1000, 2) if wall_ms > 0 else None,
+    }

@@ -356,8 +356,21 @@ class ModelSpec(Strict):
         default=128,
         ge=8,
         le=4096,
-        description="Prompts are decoded in chunks aligned to multiples of min(prefix_chunk, n_batch) tokens, and a cached prefix is reused in whole chunks only, so results never depend on what ran before. Smaller reuses more of a shared prefix; larger decodes a new prompt a little faster",
+        description="Only for a model the load-time self-test finds not split-invariant: prompts are then decoded in chunks aligned to multiples of min(prefix_chunk, n_batch) tokens, and a cached prefix is reused in whole chunks only, so results never depend on what ran before. Smaller reuses more of a shared prefix; larger decodes a new prompt a little faster",
     )
+    parallel: int | Literal["auto"] = Field(
+        default="auto",
+        description="How many cells generate at once, each in its own KV stream: auto = 8 on a CPU and 16 with GPU offload where the load-time self-test finds batching exact (results then do not depend on it), else 1. A number forces it; where batching is not exact such results are not cached",
+    )
+
+    @field_validator("parallel")
+    @classmethod
+    def _parallel_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise PydanticCustomError(
+                "parallel_range", "parallel must be auto or 1..64, got {v}", {"v": value}
+            )
+        return value
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ModelSpec:

@@ -192,9 +192,10 @@ class Reference:
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from promptlab.backends.llama import _without_extra_buffers, build_has_amx
+        from promptlab.backends.llama import _without_extra_buffers
 
-        with _without_extra_buffers(build_has_amx()):
+        # Extra buffers off, as the backend loads (backends/llama_decode.py).
+        with _without_extra_buffers(True):
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_gpu_layers=0, n_ctx=512, n_batch=512, n_ubatch=512,
                 n_threads=SETTINGS.n_threads, n_threads_batch=SETTINGS.n_threads_batch,
@@ -248,7 +249,7 @@ def _check_against_reference(
     try:
         for context, choices in cases:
             if split:
-                backend.llm.reset()  # the split reference starts from an empty cache too
+                backend.engine.clear()  # the split reference starts from an empty cache too
             scores = backend.score_choices(context, add_bos, choices)
             for choice, score in zip(choices, scores, strict=True):
                 expected, n = ref.logprob(context, choice, add_bos, split=split)
@@ -307,8 +308,8 @@ def test_score_choices_keeps_the_kv_cache_consistent(smol: Any) -> None:
     smol.generate(prompt + " Madrid", False, GREEDY)
     ctx_tokens = smol.tokenize(prompt, False)
     first = smol.score_choices(prompt, False, [" Madrid", " Barcelona, Catalonia"])
-    assert smol.llm.n_tokens == len(ctx_tokens)
-    assert smol.llm.input_ids[: smol.llm.n_tokens].tolist() == ctx_tokens
+    # Some stream holds exactly the context (the choices' tokens were removed again).
+    assert any(stream.tokens == ctx_tokens for stream in smol.engine.streams)
     # Exactly the context: the cached-prompt path must not sample from the last choice's logits.
     assert smol.generate(prompt, False, GREEDY).text == expected
     assert smol.score_choices(prompt, False, [" Madrid", " Barcelona, Catalonia"]) == first
@@ -434,12 +435,11 @@ def test_logprobs_topk(smol: Any) -> None:
 
 @pytest.mark.model
 def test_logprob_texts_split_multibyte_characters(smol: Any) -> None:
-    from promptlab.backends.llama import _LogprobCapture
+    from types import SimpleNamespace
 
     ids = smol.tokenize("日本 🦙!", False)
-    capture = _LogprobCapture(smol.llm, 1)
-    capture.steps = [(t, -1.0, [(t, -1.0)]) for t in ids]
-    tokens = smol._token_logprobs(capture, len(ids))
+    job = SimpleNamespace(completion=ids, steps=[(t, -1.0, [(t, -1.0)]) for t in ids])
+    tokens = smol.engine._token_logprobs(job)
     assert "".join(t.text for t in tokens) == "日本 🦙!"
     assert len(tokens) == len(ids) and any(t.text == "" for t in tokens)  # emoji spans tokens
 

@@ -1,9 +1,11 @@
-"""Canonical chunking: results never depend on what the KV cache held before, and shared prefixes
-are still reused (`LlamaBackend._fill`, LoadSettings.prefix_chunk).
+"""Exact prefix reuse: results never depend on what the KV cache held before, and shared prefixes
+are still reused (backends/llama_decode.py), in both fill modes: split-invariant (what the
+self-test picks on the bundled models: every shared token reused, at least MIN_CHUNK decoded)
+and canonical (the fallback: reuse in whole chunks, LoadSettings.prefix_chunk).
 
-On this CPU build Gemma3's logits depend on how a token sequence was split into decode calls (and
-SmolLM2's when a token is decoded on its own, as plain reuse does to replay an identical prompt),
-so plain longest-common-prefix reuse made a cell's output depend on the cell before it. Here every
+On this CPU build llama.cpp's logits depend on how many tokens of a sequence a decode held (one,
+two to seven, or eight and more), so llama-cpp-python's plain longest-common-prefix reuse made a
+cell's output depend on the cell before it. Here every
 call on one long-lived model, after a chain of different previous calls (unrelated, sharing
 less than C tokens, exactly C, a few C's, a ragged length, identical), must give bit-identical
 text, token logprobs and choice scores to the same call on a freshly loaded model; and the
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 
 from promptlab.backends import LoadSettings, Sampling, open_backend
+from promptlab.backends.llama_decode import MIN_CHUNK
 from promptlab.models import BUNDLED
 
 pytestmark = pytest.mark.model
@@ -105,6 +108,8 @@ class Case:
     alias: str
     add_bos: bool
     prompts: dict[str, str]
+    ab: int  # tokens A and B share
+    ua: int  # tokens U and A share (a BOS at most)
 
 
 def shared(a: list[int], b: list[int]) -> int:
@@ -139,7 +144,7 @@ def build_case(alias: str, add_bos: bool) -> Case:
         assert len(t["U"]) < C
     finally:
         backend.close()
-    return Case(alias, add_bos, prompts)
+    return Case(alias, add_bos, prompts, ab, shared(t["U"], t["A"]))
 
 
 @pytest.fixture(scope="module", params=[("smollm2", False), ("gemma3", True)], ids=lambda p: p[0])
@@ -173,7 +178,18 @@ def run_step(backend: Any, case: Case, kind: str, name: str) -> Any:
     return backend.score_choices(text, case.add_bos, CHOICES, reuse_prefix=True)
 
 
-def test_results_do_not_depend_on_the_cache(case: Case) -> None:
+@pytest.fixture(params=["split-invariant", "canonical"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of planning a fill (backends/llama_decode.py): the self-test picks the first on
+    the bundled models; the second is the fallback, forced here."""
+    if request.param == "canonical":
+        monkeypatch.setenv("PROMPTLAB_FILL_MODE", "canonical")
+    else:
+        monkeypatch.delenv("PROMPTLAB_FILL_MODE", raising=False)
+    return str(request.param)
+
+
+def test_results_do_not_depend_on_the_cache(case: Case, mode: str) -> None:
     path = _path(case.alias)
     # References: every distinct step on a freshly loaded model.
     fresh: dict[tuple[str, str], Any] = {}
@@ -184,6 +200,7 @@ def test_results_do_not_depend_on_the_cache(case: Case) -> None:
         finally:
             backend.close()
     warm = open_backend(path, SETTINGS)
+    assert warm.info.facts["fill_mode"] == mode
     evaluated: list[tuple[str, int, int]] = []
     try:
         for i, (kind, name) in enumerate(STEPS):
@@ -202,18 +219,33 @@ def test_results_do_not_depend_on_the_cache(case: Case) -> None:
     print(case.alias, evaluated)
     # Reuse happened where it should: (prompt, tokens, evaluated) per generation step.
     n = {name: tokens for name, tokens, _ in evaluated}
-    assert [e[2] for e in evaluated] == [
-        n["U"],  # cold
-        n["A"],  # nothing shared with U
-        n["A"] - (n["A"] - 1) // C * C,  # identical: only the last chunk again
-        n["B"] - 256,  # shares 300+ with A: its 4 whole chunks reused ...
-        n["B"] - 256,  # ... also right after scoring B (its last chunk is partial)
-        n["G"] - 3 * C,  # shares exactly 3C
-        n["E"] - 32,  # shares 40 < C: the early boundaries 16 and 32 still let 32 be reused
-    ]
+    if mode == "canonical":
+        expected = [
+            n["U"],  # cold
+            n["A"],  # nothing shared with U
+            n["A"] - (n["A"] - 1) // C * C,  # identical: only the last chunk again
+            n["B"] - 256,  # shares 300+ with A: its 4 whole chunks reused ...
+            n["B"] - 256,  # ... also right after scoring B (its last chunk is partial)
+            # shares exactly 3C; a last chunk under MIN_CHUNK joins the one before it
+            n["G"] - 3 * C if n["G"] - 3 * C >= MIN_CHUNK else n["G"] - 2 * C,
+            n["E"] - 32,  # shares 40 < C: the early boundaries 16 and 32 still let 32 be reused
+        ]
+    else:
+        # Every shared token is reused, but at least MIN_CHUNK are decoded (llama_decode.py).
+        expected = [
+            n["U"],  # cold
+            n["A"] - case.ua,  # nothing shared with U but a BOS
+            MIN_CHUNK,  # identical: the last MIN_CHUNK tokens again, for the logits
+            max(MIN_CHUNK, n["B"] - case.ab),  # shares 300+ with A
+            MIN_CHUNK,  # right after scoring B
+            max(MIN_CHUNK, n["G"] - 3 * C),  # shares exactly 3C
+            max(MIN_CHUNK, n["E"] - 40),  # shares 40
+        ]
+    assert [e[2] for e in evaluated] == expected
 
 
-def test_prefix_chunk_is_capped_by_n_batch() -> None:
+def test_prefix_chunk_is_capped_by_n_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMPTLAB_FILL_MODE", "canonical")
     backend = open_backend(_path("smollm2"), LoadSettings(None, 256, 32, 1, 1, False, 0, 64))
     try:
         assert backend.info.facts["prefix_chunk"] == 32

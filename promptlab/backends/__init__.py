@@ -7,7 +7,7 @@ import llama_cpp or numpy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,9 @@ from promptlab.errors import PromptlabError
 # (benchmarks/bench_chunk.py; Gemma3 is the sensitive one: 64 ran at 0.87x, 128 at 0.93-0.98x).
 # suite.ModelSpec.prefix_chunk defaults to the same number.
 DEFAULT_PREFIX_CHUNK = 128
+# Part of every result-cache key: bumped whenever decoding can give other results for the same
+# cell (here: prompts decoded by llama_engine's fill plans instead of canonical chunks).
+DECODE_REVISION = "exact-fill-1"
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,21 @@ class LoadSettings:
     n_threads_batch: int
     flash_attn: bool
     seed: int
-    # Canonical chunk size for prompt evaluation (backends/llama.py, `_fill`): prompts are decoded
-    # in chunks aligned to multiples of min(prefix_chunk, n_batch), and cached KV is reused only
-    # up to such a multiple, so results never depend on what the cache held before.
+    # Canonical chunk size, used only where the load-time self-test finds a model not
+    # split-invariant (backends/llama_decode.py): prompts are then decoded in chunks aligned to
+    # multiples of min(prefix_chunk, n_batch), and cached KV is reused up to such a multiple.
     prefix_chunk: int = DEFAULT_PREFIX_CHUNK
+    # How many cells may generate at once (one KV stream each); None: auto (see the backend).
+    # Results do not depend on it where the self-test finds batching exact.
+    parallel: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def result_key(self) -> dict[str, Any]:
+        """The settings results can depend on: all but `parallel`, which never changes a result
+        that is cached (see runner._run_model)."""
+        return {k: v for k, v in self.__dict__.items() if k != "parallel"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,21 @@ class Generation:
     eval_ms: float | None = None
     # Per generated token, when generate() was asked for logprobs (plain floats, never numpy).
     tokens: list[TokenLogprob] | None = None
+    # Wall time from the start of this cell's prompt to its last token, as the engine saw it;
+    # with several cells generating at once, they share the steps.
+    wall_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation for `Backend.generate_batch`; `tag` is the caller's own handle."""
+
+    text: str
+    add_bos: bool
+    sampling: Sampling
+    grammar: str | None = None
+    logprobs: int | None = None
+    tag: Any = None
 
 
 @dataclass(frozen=True)
@@ -119,15 +145,23 @@ class Backend(Protocol):
         """
         ...
 
+    def generate_batch(
+        self, requests: Sequence[GenRequest]
+    ) -> Iterator[tuple[GenRequest, Generation | CellError]]:
+        """Every request's generation (or its CellError), yielded as each finishes: several may
+        run at once (`LoadSettings.parallel`), so the order is not the requests' order. Each
+        result is the one `generate` would give for that request alone."""
+        ...
+
     def score_choices(
         self, context: str, add_bos: bool, choices: Sequence[str], *, reuse_prefix: bool = True
     ) -> list[ChoiceScore]:
         """Log-likelihood of each continuation after `context`, without generating.
 
         The context is evaluated once and shared by all choices, reusing whatever prefix of it the
-        cache already holds; the scores never depend on what earlier calls left there (the llama.cpp
-        backend chunks prompts canonically, see `LoadSettings.prefix_chunk`). reuse_prefix=False
-        only empties the cache first (kept for compatibility; the scores are the same).
+        cache already holds; the scores never depend on what earlier calls left there (see
+        backends/llama_decode.py). reuse_prefix=False only empties the cache first (the scores are
+        the same).
         """
         ...
 

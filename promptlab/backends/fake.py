@@ -41,7 +41,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -50,6 +50,7 @@ from promptlab.backends import (
     CellError,
     ChoiceScore,
     Generation,
+    GenRequest,
     LoadSettings,
     RuntimeInfo,
     Sampling,
@@ -169,6 +170,7 @@ class FakeBackend:
         logprobs: int | None = None,
     ) -> Generation:
         self._require_mode(False, "generate")
+        started = time.perf_counter()
         n_prompt = self.count_tokens(text, add_bos)
         self._begin_call(text, n_prompt)
         if grammar is not None:
@@ -193,8 +195,38 @@ class FakeBackend:
             out, finish = " ".join(words[:budget]), "length"
         tokens = self._logprobs(out, logprobs) if logprobs is not None else None
         return Generation(
-            out, n_prompt, len(out.split()), finish, prompt_eval_tokens=n_prompt, tokens=tokens
+            out,
+            n_prompt,
+            len(out.split()),
+            finish,
+            prompt_eval_tokens=n_prompt,
+            tokens=tokens,
+            wall_ms=(time.perf_counter() - started) * 1000,
         )
+
+    def generate_batch(
+        self, requests: Sequence[GenRequest]
+    ) -> Iterator[tuple[GenRequest, Generation | CellError]]:
+        """Like the llama.cpp engine: up to `parallel` requests at once (1 when unset), each
+        window's results yielded shortest output first, as continuous batching finishes them."""
+        width = max(1, self.settings.parallel or 1)
+        for start in range(0, len(requests), width):
+            done: list[tuple[int, int, GenRequest, Generation | CellError]] = []
+            for i, req in enumerate(requests[start : start + width]):
+                try:
+                    result: Generation | CellError = self.generate(
+                        req.text,
+                        req.add_bos,
+                        req.sampling,
+                        grammar=req.grammar,
+                        logprobs=req.logprobs,
+                    )
+                except CellError as exc:
+                    result = exc
+                length = result.completion_tokens if isinstance(result, Generation) else -1
+                done.append((length, i, req, result))
+            for _, _, req, result in sorted(done, key=lambda d: (d[0], d[1])):
+                yield req, result
 
     @staticmethod
     def _logprobs(out: str, k: int) -> list[TokenLogprob]:

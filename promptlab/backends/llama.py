@@ -1,41 +1,30 @@
-"""The llama.cpp backend (llama-cpp-python). The only module that imports `llama_cpp` (besides
-`llama_grammar.py`, which uses its pure-Python JSON-schema converter).
+"""The llama.cpp backend (llama-cpp-python's ctypes bindings). With `llama_engine.py` and
+`llama_grammar.py`, the only modules that import `llama_cpp`.
 
-Everything llama-cpp-python would otherwise default is set explicitly (n_ctx 512, n_gpu_layers 0,
-n_threads cpu_count()//2, per-API temperatures, a process-wide fixed seed, flash_attn off), and
-its logs go through our own callback because `verbose=False` swallows real load errors.
+This module loads the model and answers for it: the load settings, all set explicitly (no
+library default left to chance), its own log callback (llama-cpp-python's `verbose=False`
+swallows real load errors), the facts the manifest records, grammar validation before use, and
+embeddings. Decoding (exact prefix reuse, many cells at once, choice scoring) lives in
+`llama_engine.py`, planned by `llama_decode.py`.
 
-Beyond plain completion, this module does four things llama-cpp-python has no safe API for:
+At load, `llama_engine.self_test` measures on this very model, build and set of settings whether
+decoding is split-invariant and batch-invariant (about 100 tokens; the verdict is cached in
+~/.cache/promptlab/exactness/), and the engine is configured from the answer, so a new model or
+build cannot silently break exactness: prompts reuse every shared token where it holds and only
+whole canonical chunks where it does not, and cells generate together only where that cannot
+change a result (unless `parallel:` insists, and then those results are not cached).
 
-- Canonical chunking of every prompt evaluation (`_fill`). On this CPU build Gemma3's logits
-  depend on how a token sequence was split into decode calls (up to ~0.3 nats), and SmolLM2's
-  too when a position is decoded on its own (0.1 nats measured, when llama-cpp-python replays
-  the last token of an identical prompt), so llama-cpp-python's own longest-common-prefix reuse
-  makes a result depend on what the previous call left in the KV cache. Instead, prompts are decoded in chunks whose
-  boundaries sit at absolute positions that are multiples of C = min(prefix_chunk, n_batch), and
-  cached KV is reused only up to such a multiple (and only where it was itself decoded in whole
-  canonical chunks). Every KV position is then computed in the same chunk as in a from-scratch
-  evaluation, and results are bit-identical whatever ran before, while shared prefixes of C
-  tokens or more are still reused.
-
-- Token logprobs without `logits_all=True` (which keeps n_ctx x n_vocab floats, 2 GB on Gemma3):
-  while `generate(logprobs=k)` runs, the instance's `sample` method is wrapped to read the raw
-  logits row llama.cpp is about to sample from, and the token it picked (`_LogprobCapture`).
-- Multiple-choice log-likelihood (`score_choices`) straight from the logits, sharing one
-  evaluation of the context between all choices and keeping llama-cpp-python's KV-prefix
-  bookkeeping (`n_tokens`, `input_ids`) consistent so the next `generate` is unaffected. Not
-  `echo=True` + logprobs: that pairs logits with the wrong tokens when there is no BOS
-  (SmolLM2) and sorts the whole vocabulary in Python per token (NOTES §5).
-- Grammar validation before use: llama.cpp returns NULL for a grammar it cannot parse and
-  llama-cpp-python adds that NULL to the sampler chain unchecked, which segfaults on the first
-  token (measured); a grammar no token can start aborts the process (GGML_ABORT, measured).
+Grammar validation: llama.cpp returns NULL for a grammar it cannot parse, and a grammar no token
+can start aborts the process (GGML_ABORT, measured), so every grammar is parsed and applied once
+to the whole vocabulary before use.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
+import hashlib
+import json
 import os
 import re
 import sys
@@ -53,17 +42,24 @@ make_libstdcxx_global()
 import llama_cpp  # after make_libstdcxx_global, deliberately
 import llama_cpp._internals as llama_internals
 import llama_cpp.llama_cpp as llama_lib
-import llama_cpp.llama_grammar as llama_grammar
 import numpy as np
 
 from promptlab.backends import (
     CellError,
     ChoiceScore,
     Generation,
+    GenRequest,
     LoadSettings,
     RuntimeInfo,
     Sampling,
-    TokenLogprob,
+)
+from promptlab.backends.llama_decode import MIN_CHUNK, FillMode
+from promptlab.backends.llama_engine import (
+    PROBE_REVISION,
+    DecodeError,
+    Engine,
+    Verdict,
+    self_test,
 )
 from promptlab.errors import BackendError
 
@@ -185,86 +181,10 @@ def _grammar_problem(stderr_text: str, log: list[tuple[int, str]]) -> str:
     return detail
 
 
-# --- logprob capture -------------------------------------------------------------------------
-
-
-def _log_sum_exp(row: Any, scratch: Any) -> float:
-    """log(sum(exp(row))) for one float32 logits row; logprob(i) = row[i] - this.
-
-    Shifted by the max, exponentiated in float32 into a reused scratch row and summed in
-    float64: 3x cheaper than converting a 262k-entry Gemma row to float64 first (8 -> 2.6 ms),
-    and equal to it within 1e-8 (measured).
-    """
-    m = float(row.max())
-    np.subtract(row, m, out=scratch)
-    np.exp(scratch, out=scratch)
-    return m + float(np.log(scratch.sum(dtype=np.float64)))
-
-
-class _LogprobCapture:
-    """Records, for every token `Llama.generate` samples, its logprob and the top-k alternatives.
-
-    How: `Llama.generate` calls `self.sample(..., idx=…)` once per generated token, and `sample`
-    runs llama.cpp's sampler chain on the logits row of the last decoded position. We shadow
-    `sample` on this instance only (an instance attribute, removed in `finally`) with a wrapper
-    that copies that row (`llama_get_logits_ith`, the same row the chain reads), calls the real
-    `sample`, and records the token it returned. Nothing else in the chain changes, so the output
-    is byte-identical to a run without logprobs, and no `logits_all=True` is needed: only one
-    row (n_vocab floats) is alive at a time.
-
-    The logprobs are those of the raw model distribution, log_softmax(logits), taken before
-    repetition penalties, the grammar, top-k/top-p/min-p and temperature. That makes them
-    comparable across sampling settings and meaningful at temperature 0 (where the sampled
-    distribution is degenerate); the cost is that under a grammar or a penalty the chosen token
-    need not be top[0], and the logprobs are not those of the distribution actually sampled from.
-    """
-
-    def __init__(self, llm: Any, k: int) -> None:
-        self.llm = llm
-        self.k = k
-        self.n_vocab = int(llm.n_vocab())
-        self.steps: list[tuple[int, float, list[tuple[int, float]]]] = []
-        self._scratch = np.empty(self.n_vocab, dtype=np.single)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        llm = self.llm
-        real_sample = llm.sample  # the bound method of the class
-
-        def sample(*args: Any, **kwargs: Any) -> Any:
-            idx = kwargs.get("idx")
-            # The same row index Llama.sample hands to llama_sampler_sample.
-            ridx = idx - llm.n_tokens if idx is not None else -1
-            ptr = llama_lib.llama_get_logits_ith(llm.ctx, ridx)
-            row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-            token = real_sample(*args, **kwargs)
-            self._record(row, int(token))
-            return token
-
-        llm.sample = sample
-        try:
-            yield
-        finally:
-            # Removing the instance attribute uncovers the class method again.
-            with contextlib.suppress(AttributeError):
-                del llm.sample
-
-    def _record(self, row: Any, token: int) -> None:
-        lse = _log_sum_exp(row, self._scratch)
-        top: list[tuple[int, float]] = []
-        if self.k > 0:
-            k = min(self.k, self.n_vocab)
-            cand = np.argpartition(row, -k)[-k:]
-            # Highest logprob first; equal logits by token id, so the order is deterministic.
-            cand = cand[np.lexsort((cand, -row[cand]))]
-            top = [(int(i), float(row[i]) - lse) for i in cand]
-        self.steps.append((token, float(row[token]) - lse, top))
-
-
 # --- the backend -----------------------------------------------------------------------------
 
-# The prompt `measure` (promptlab tune) repeats to length: ordinary prose, so the tokens are
-# typical of a real prompt.
+# The prompt `measure` (promptlab tune) repeats to length, and the self-test's probe text:
+# ordinary prose, so the tokens are typical of a real prompt.
 _MEASURE_TEXT = (
     " The committee met on a grey Tuesday morning to review the quarterly figures. Sales in the"
     " northern region had risen for the third time in a row, while the coastal stores reported"
@@ -273,6 +193,53 @@ _MEASURE_TEXT = (
     " to hire two additional staff for the warehouse, and to publish a summary of the meeting"
     " on the company website before the end of the week."
 )
+_OTHER_TEXT = " Meanwhile, far to the south, a fishing boat came home late with an empty hold."
+# Streams run at once by default where batching is exact: the CPU gains little past 8 (measured
+# 1.4-1.7x aggregate generation at 8 on 2 vCPUs); a GPU keeps gaining to 16 and beyond.
+_AUTO_PARALLEL_CPU = 8
+_AUTO_PARALLEL_GPU = 16
+# KV memory the streams of one model may take together (they are allocated up front).
+_KV_BUDGET = 4 << 30
+
+
+def _verdict_file(path: Path, settings: LoadSettings, n_gpu_layers: int, widths: int) -> Path:
+    from promptlab.cache import engine_id  # noqa: PLC0415 - hashes the shared libraries once
+    from promptlab.models import cache_dir, file_identity  # noqa: PLC0415
+
+    key = json.dumps(
+        [
+            PROBE_REVISION,
+            file_identity(path),
+            engine_id(),
+            n_gpu_layers,
+            settings.flash_attn,
+            settings.n_threads,
+            settings.n_threads_batch,
+            settings.n_batch,
+            widths,
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return cache_dir() / "exactness" / f"{digest}.json"
+
+
+def _load_verdict(file: Path) -> Verdict | None:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return Verdict(
+            bool(data["split_invariant"]), int(data["batch_width"]), dict(data["checks"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_verdict(file: Path, verdict: Verdict) -> None:
+    with contextlib.suppress(OSError):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".exact-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(verdict.as_dict(), f)
+        Path(tmp).replace(file)
 
 
 class LlamaBackend:
@@ -282,34 +249,88 @@ class LlamaBackend:
         self.embedding = embedding
         offload_ok = supports_gpu_offload()
         requested = settings.n_gpu_layers
-        n_gpu_layers = (-1 if offload_ok else 0) if requested is None else requested
-        amx = build_has_amx()
-        # Embedding mode: one pooled vector per sequence. Mean pooling works for any decoder
-        # model; the GGUF's own pooling type (often none or last-token for chat models) would
-        # make `embed` model-dependent. Otherwise left unspecified, as llama-cpp-python does.
-        pooling = (
-            llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            if embedding
-            else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
-        )
+        self.n_gpu_layers = (-1 if offload_ok else 0) if requested is None else requested
+        self.amx = build_has_amx()
+        self._grammars: dict[str, str | None] = {}
+        self.llm: Any = None  # embedding mode only: llama-cpp-python's Llama
+        self.engine: Engine | None = None
         _take_log()
+        if embedding:
+            llm = self._load_embedding()
+            self.llm = llm
+            self.model = llm.model
+        else:
+            self.model = self._load_model()
+        log = _take_log()
+        self.vocab = llama_lib.llama_model_get_vocab(self.model)
+        self.n_layer = int(llama_lib.llama_model_n_layer(self.model))
+        self.n_vocab = int(llama_lib.llama_vocab_n_tokens(self.vocab))
+        offloaded, layers_total = self._offloaded(log)
+        facts: dict[str, Any] = {
+            "engine_version": f"llama-cpp-python {llama_cpp.__version__}",
+            "llama_cpp_python": llama_cpp.__version__,
+            "gpu_offload_supported": offload_ok,
+            "n_gpu_layers_requested": self.n_gpu_layers,
+            "layers_offloaded": offloaded,
+            # llama.cpp counts the output layer too ("offloaded 31/31" for 30 blocks).
+            "layers_total": layers_total,
+            "n_layer": self.n_layer,
+            "device": self._device(log),
+            "amx_workaround": self.amx,
+            # Repacked weight buffers make rows depend on their place in a decode (see
+            # llama_decode.py), so they are always off.
+            "extra_buffers": False,
+            "embedding": embedding,
+            "pooling": "mean" if embedding else None,
+            "system_info": system_info(),
+        }
+        if not embedding:
+            facts.update(self._start_engine(offloaded))
+        facts["warnings"] = [t.strip() for lvl, t in log if lvl == 3 and t.strip()][:20]
+        self.info = RuntimeInfo(backend="llama.cpp", facts=facts)
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _load_model(self) -> Any:
+        params = llama_lib.llama_model_default_params()
+        params.n_gpu_layers = 0x7FFFFFFF if self.n_gpu_layers < 0 else self.n_gpu_layers
+        params.use_mmap = True
+        params.use_mlock = False
+        # Off on every build: AMX kernels segfault on these Xeons (llama.cpp#20824), and
+        # repacked weights make decoding depend on row placement (llama_decode.py).
+        params.use_extra_bufts = False
+        model = llama_lib.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if not model:
+            errors = [t.strip() for lvl, t in _take_log() if lvl in (3, 4) and t.strip()]
+            detail = errors[-1] if errors else "failed to load the model"
+            raise BackendError(
+                f"{self.path}: llama.cpp could not load the model: {detail}",
+                hint="check the file is a complete GGUF supported by llama-cpp-python "
+                + llama_cpp.__version__,
+            )
+        self._own_model = model
+        return model
+
+    def _load_embedding(self) -> Any:
+        # Embedding mode: llama-cpp-python's own `embed`, one pooled vector per sequence. Mean
+        # pooling works for any decoder model; the GGUF's own pooling type (often none or
+        # last-token for chat models) would make `embed` model-dependent.
+        s = self.settings
         try:
-            with _without_extra_buffers(amx):
-                self.llm = llama_cpp.Llama(
-                    model_path=str(path),
-                    n_gpu_layers=n_gpu_layers,
-                    n_ctx=settings.n_ctx,
-                    n_batch=settings.n_batch,
-                    n_ubatch=settings.n_batch,
-                    n_threads=settings.n_threads,
-                    n_threads_batch=settings.n_threads_batch,
-                    seed=settings.seed,
-                    flash_attn=settings.flash_attn,
-                    # Never: it keeps n_ctx x n_vocab floats (NOTES §2). Logprobs and choice
-                    # scoring read the rows they need straight from the context instead.
+            with _without_extra_buffers(True):
+                return llama_cpp.Llama(
+                    model_path=str(self.path),
+                    n_gpu_layers=self.n_gpu_layers,
+                    n_ctx=s.n_ctx,
+                    n_batch=s.n_batch,
+                    n_ubatch=s.n_batch,
+                    n_threads=s.n_threads,
+                    n_threads_batch=s.n_threads_batch,
+                    seed=s.seed,
+                    flash_attn=s.flash_attn,
                     logits_all=False,
-                    embedding=embedding,
-                    pooling_type=pooling,
+                    embedding=True,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                     offload_kqv=True,
                     use_mmap=True,
                     use_mlock=False,
@@ -319,44 +340,84 @@ class LlamaBackend:
             errors = [t.strip() for lvl, t in _take_log() if lvl in (3, 4) and t.strip()]
             detail = errors[-1] if errors else str(exc)
             raise BackendError(
-                f"{path}: llama.cpp could not load the model: {detail}",
+                f"{self.path}: llama.cpp could not load the model: {detail}",
                 hint="check the file is a complete GGUF supported by llama-cpp-python "
                 + llama_cpp.__version__,
             ) from None
-        log = _take_log()
-        self.n_layer = int(llama_lib.llama_model_n_layer(self.llm.model))
-        self.n_vocab = int(self.llm.n_vocab())
-        # Grammar text -> None (accepted) or the reason llama.cpp refuses it; parsed once each.
-        self._grammars: dict[str, str | None] = {}
-        # The last context score_choices evaluated and its last logits row, while the KV cache
-        # still holds exactly that context (cleared by anything else that decodes).
-        self._scored_context: tuple[tuple[int, ...], Any] | None = None
-        # Canonical chunk size (module docstring); decodes of more than n_batch tokens would abort.
-        self.chunk = max(1, min(settings.prefix_chunk, int(self.llm.n_batch)))
-        # How many leading KV positions were decoded in whole canonical chunks (a multiple of
-        # `chunk`, never more than llm.n_tokens): the only part of the cache `_fill` reuses.
-        self._aligned = 0
-        offloaded, layers_total = self._offloaded(log)
-        self.info = RuntimeInfo(
-            backend="llama.cpp",
-            facts={
-                "engine_version": f"llama-cpp-python {llama_cpp.__version__}",
-                "llama_cpp_python": llama_cpp.__version__,
-                "gpu_offload_supported": offload_ok,
-                "n_gpu_layers_requested": n_gpu_layers,
-                "layers_offloaded": offloaded,
-                # llama.cpp counts the output layer too ("offloaded 31/31" for 30 blocks).
-                "layers_total": layers_total,
-                "n_layer": self.n_layer,
-                "device": self._device(log),
-                "amx_workaround": amx,
-                "embedding": embedding,
-                "pooling": "mean" if embedding else None,
-                "prefix_chunk": self.chunk,
-                "system_info": system_info(),
-                "warnings": [t.strip() for lvl, t in log if lvl == 3 and t.strip()][:20],
-            },
+
+    def _start_engine(self, offloaded: int) -> dict[str, Any]:
+        """Measure (or recall) exactness on this model, then create the engine to match."""
+        s = self.settings
+        # The widest step the engine may take: auto's cap, or what parallel: asks for.
+        cap = _AUTO_PARALLEL_GPU if offloaded else _AUTO_PARALLEL_CPU
+        widths = min(64, s.parallel) if s.parallel is not None else cap
+        file = _verdict_file(self.path, s, self.n_gpu_layers, widths)
+        verdict = _load_verdict(file)
+        measured = verdict is None
+        if verdict is None:
+            probe = self.tokenize(_MEASURE_TEXT * 4, False)
+            other = self.tokenize(_OTHER_TEXT, False)
+            try:
+                verdict = self_test(self.model, s, probe, other, widths)
+            except DecodeError as exc:
+                self.close()
+                raise BackendError(f"{self.path}: llama.cpp could not decode: {exc}") from None
+            _save_verdict(file, verdict)
+        mode = (
+            FillMode.SPLIT_INVARIANT
+            if verdict.split_invariant
+            and s.n_batch >= 2 * MIN_CHUNK
+            # For benchmarks and tests of the fallback; it can only lose reuse, never exactness.
+            and os.environ.get("PROMPTLAB_FILL_MODE") != FillMode.CANONICAL.value
+            else FillMode.CANONICAL
         )
+        # auto: as wide as the self-test found exact, up to the cap.
+        parallel = s.parallel if s.parallel is not None else min(cap, verdict.batch_width)
+        # Picking greedy tokens on the device saves copying a logits row per token back to the
+        # host: only worth it where the output layer is on a GPU. PROMPTLAB_DEVICE_SAMPLING=1/0
+        # forces it (tests run it on the CPU backend).
+        forced = os.environ.get("PROMPTLAB_DEVICE_SAMPLING")
+        device_sampling = bool(offloaded) if forced is None else forced == "1"
+        _take_log()
+        try:
+            self.engine = Engine(
+                self.model,
+                s,
+                mode=mode,
+                parallel=parallel,
+                n_ctx=s.n_ctx,
+                device_sampling=device_sampling,
+            )
+        except DecodeError as exc:
+            self.close()
+            raise BackendError(
+                f"{self.path}: {exc}", hint="lower n_ctx in models: (or free some memory)"
+            ) from None
+        kv = self._kv_bytes(_take_log())
+        if kv:
+            self.engine.kv_budget_cells = max(1, _KV_BUDGET // max(1, kv // max(1, s.n_ctx)))
+        return {
+            "fill_mode": mode.value,
+            "parallel": parallel,
+            "parallel_requested": "auto" if s.parallel is None else s.parallel,
+            # False only where parallel: asked for more streams than the self-test found exact:
+            # then results may depend on which cells shared a step, and are not cached.
+            "batch_exact": parallel <= verdict.batch_width,
+            "self_test": {**verdict.as_dict(), "measured_now": measured},
+            "device_sampling": device_sampling,
+            "prefix_chunk": self.engine.chunk,
+            "kv_bytes": kv,
+        }
+
+    @staticmethod
+    def _kv_bytes(log: list[tuple[int, str]]) -> int:
+        """The KV cache's size, from llama.cpp's log of the context it just created."""
+        total = 0.0
+        for _, text in log:
+            m = re.search(r"KV buffer size\s*=\s*([\d.]+) MiB", text)
+            if m:
+                total += float(m.group(1))
+        return int(total * 2**20)
 
     def _offloaded(self, log: list[tuple[int, str]]) -> tuple[int, int]:
         """(layers offloaded, layers in all) as llama.cpp's load log reports them."""
@@ -378,9 +439,10 @@ class LlamaBackend:
                 return f"{m.group(1)} ({m.group(2)})"
         return "CPU"
 
-    def _require_mode(self, embedding: bool, what: str) -> None:
-        if self.embedding == embedding:
-            return
+    def _require_mode(self, embedding: bool, what: str) -> Engine:
+        if self.embedding == embedding and (embedding or self.engine is not None):
+            assert embedding or self.engine is not None
+            return self.engine  # type: ignore[return-value]
         if embedding:
             raise BackendError(
                 f"{self.path}: {what} needs the model opened in embedding mode",
@@ -391,10 +453,19 @@ class LlamaBackend:
             hint="open a second backend without embedding=True for generation and scoring",
         )
 
+    # --- tokens --------------------------------------------------------------------------------
+
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         # special=True: control tokens written in a template (e.g. <|im_start|>) are real tokens,
         # matching what llama-cpp-python's own chat and completion paths do.
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        raw = text.encode("utf-8")
+        size = len(raw) + 16
+        while True:
+            buf = (llama_lib.llama_token * size)()
+            n = llama_lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_bos, True)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
 
     def count_tokens(self, text: str, add_bos: bool) -> int:
         return len(self.tokenize(text, add_bos))
@@ -424,11 +495,10 @@ class LlamaBackend:
             return "the grammar is empty"
         if "\0" in gbnf:
             return "the grammar contains a NUL character"
-        vocab = llama_lib.llama_model_get_vocab(self.llm.model)
         captured: list[str] = []
         _take_log()
         with _stderr_to(captured):
-            smpl = llama_lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            smpl = llama_lib.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
         log = _take_log()
         if not smpl:  # a NULL pointer is falsy
             return _grammar_problem("".join(captured), log)
@@ -453,124 +523,32 @@ class LlamaBackend:
         grammar: str | None = None,
         logprobs: int | None = None,
     ) -> Generation:
-        self._require_mode(False, "generate")
-        if logprobs is not None and logprobs < 0:
-            raise CellError(f"logprobs must be 0 or more, got {logprobs}")
-        tokens = self.tokenize(text, add_bos)
-        n_ctx = self.settings.n_ctx
-        if len(tokens) >= n_ctx:
-            raise CellError(
-                f"prompt is {len(tokens)} tokens but n_ctx is {n_ctx}",
-                hint="raise n_ctx in models: or shorten the prompt",
-            )
-        if not tokens:
-            raise CellError(
-                "cannot generate from an empty prompt",
-                hint="give a prompt (or a model that adds BOS)",
-            )
-        grammar_obj = None
-        if grammar is not None:
-            problem = self.check_grammar(grammar)
-            if problem is not None:
-                raise CellError(
-                    f"llama.cpp refused the grammar: {problem}",
-                    hint="fix the GBNF grammar (its start rule is `root`)",
-                )
-            grammar_obj = llama_grammar.LlamaGrammar.from_string(grammar, verbose=False)
-        # No capture object, no wrapper, no numpy when logprobs is None: the plain path is the
-        # same create_completion call as before.
-        capture = _LogprobCapture(self.llm, logprobs) if logprobs is not None else None
-        llm: Any = self.llm
-        ctx = llm.ctx
-        llama_lib.llama_perf_context_reset(ctx)
-        self._scored_context = None
-        # The prompt is evaluated here, canonically chunked (module docstring), not by
-        # llama-cpp-python. Afterwards the cache holds exactly `tokens`, n_tokens == len(tokens),
-        # _requires_eval is False and the last decode's last row is the prompt's last position,
-        # so Llama.generate (0.3.36, llama.py:925-933) takes its "exact prompt cached" path: no
-        # reset, no eval, and the first token is sampled from row -1 (idx = n_tokens - 1).
-        try:
-            evaluated = self._fill(tokens)
-        except RuntimeError as exc:  # llama_decode failed
-            llm.reset()
-            self._aligned = 0
-            raise CellError(f"llama.cpp: {exc}") from None
-        # Counters only update on synchronize (NOTES §6). A prompt eval of a single token counts
-        # as an "eval" in llama.cpp's counters, so both go to the prompt here.
-        llama_lib.llama_synchronize(ctx)
-        prompt_perf = llama_lib.llama_perf_context(ctx)
-        prompt_ms = float(prompt_perf.t_p_eval_ms) + float(prompt_perf.t_eval_ms)
-        prompt_eval_ms_as_eval = float(prompt_perf.t_eval_ms)
-        try:
-            with capture.installed() if capture is not None else contextlib.nullcontext():
-                # Token ids, so llama-cpp-python adds no BOS of its own: BOS is decided above,
-                # from the GGUF flag for raw prompts and by the chat template for chat prompts.
-                out: Any = llm.create_completion(
-                    prompt=tokens,
-                    max_tokens=sampling.max_tokens,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=sampling.top_k,
-                    min_p=sampling.min_p,
-                    typical_p=1.0,
-                    repeat_penalty=sampling.repeat_penalty,
-                    frequency_penalty=0.0,
-                    presence_penalty=0.0,
-                    stop=list(sampling.stop),
-                    seed=sampling.seed,
-                    stream=False,
-                    grammar=grammar_obj,
-                )
-        except ValueError as exc:
-            raise CellError(f"llama.cpp: {exc}") from None
-        except RuntimeError as exc:  # llama_decode failed while generating
-            llm.reset()
-            self._aligned = 0
-            raise CellError(f"llama.cpp: {exc}") from None
-        perf = llama_lib.llama_perf_context(ctx)
-        choice = out["choices"][0]
-        usage = out["usage"]
-        n_completion = int(usage["completion_tokens"])
-        return Generation(
-            text=choice["text"],
-            prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=n_completion,
-            finish_reason=str(choice.get("finish_reason") or "stop"),
-            prompt_eval_tokens=evaluated,
-            prompt_eval_ms=prompt_ms,
-            eval_ms=float(perf.t_eval_ms) - prompt_eval_ms_as_eval,
-            tokens=self._token_logprobs(capture, n_completion) if capture is not None else None,
+        ((_, result),) = list(
+            self.generate_batch([GenRequest(text, add_bos, sampling, grammar, logprobs)])
         )
-
-    def _token_logprobs(self, capture: _LogprobCapture, n_completion: int) -> list[TokenLogprob]:
-        """One TokenLogprob per completion token, texts split so that they concatenate to the text.
-
-        `create_completion` samples one token more than it returns when generation ends on an
-        end-of-generation token (that token is not part of the completion), so the capture is cut
-        to `completion_tokens`. Each token's text is its share of the decoded output: bytes go
-        through one incremental UTF-8 decoder (errors ignored, as create_completion decodes), so
-        a character split across tokens belongs to the token that completes it and earlier
-        tokens get "". Hence "".join(texts) == text, except when a stop string cut the text:
-        then the tokens still cover everything generated, stop string (and whatever the last
-        token carried past it) included. Control tokens render as "" in the text (special=False,
-        as in the output); in `top` they render with their markup (special=True), and a piece
-        that is not valid UTF-8 on its own shows U+FFFD there.
-        """
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        steps = capture.steps[:n_completion]
-        pieces: dict[int, str] = {}
-
-        def alternative(token: int) -> str:
-            if token not in pieces:
-                raw = self.llm.detokenize([token], special=True)
-                pieces[token] = bytes(raw).decode("utf-8", "replace")
-            return pieces[token]
-
-        result: list[TokenLogprob] = []
-        for i, (token, lp, top) in enumerate(steps):
-            text = decoder.decode(bytes(self.llm.detokenize([token])), final=i == len(steps) - 1)
-            result.append(TokenLogprob(text, lp, tuple((alternative(t), tlp) for t, tlp in top)))
+        if isinstance(result, CellError):
+            raise result
         return result
+
+    def generate_batch(
+        self, requests: Sequence[GenRequest]
+    ) -> Iterator[tuple[GenRequest, Generation | CellError]]:
+        engine = self._require_mode(False, "generate")
+        checked: list[GenRequest] = []
+        for req in requests:
+            if req.grammar is not None:
+                problem = self.check_grammar(req.grammar)
+                if problem is not None:
+                    yield (
+                        req,
+                        CellError(
+                            f"llama.cpp refused the grammar: {problem}",
+                            hint="fix the GBNF grammar (its start rule is `root`)",
+                        ),
+                    )
+                    continue
+            checked.append(req)
+        yield from engine.generate(checked)
 
     # --- multiple choice -------------------------------------------------------------------------
 
@@ -585,26 +563,14 @@ class LlamaBackend:
         way the joint text re-tokenizes, e.g. a trailing space), the choice is tokenized alone
         and scored after the context's tokens. Put separating spaces in the choices.
 
-        KV bookkeeping, sharing llama-cpp-python's prefix cache: `llm.input_ids[:n_tokens]`
-        mirrors the KV cache. The context is evaluated by `_fill`, canonically chunked (module
-        docstring): cached KV is reused up to the largest multiple of the chunk size within the
-        common prefix, and the rest is decoded in chunks aligned to absolute positions, so the
-        scores are bit-identical to a from-scratch evaluation whatever the cache held before (on
-        this CPU build logits otherwise depend on how a sequence was split into decode calls: up
-        to ~0.3 nats on Gemma3, 0.1 on SmolLM2 for a token decoded on its own). For each choice, its tokens but the
-        last are decoded after the context at positions n.. with logits for every position, and
-        the KV cells from position n on are removed afterwards; `n_tokens`/`input_ids` are never
-        advanced for them, so after the call the cache holds exactly the context. `_requires_eval`
-        is set so that nothing samples from the last choice's logits as if they were the
-        context's.
-
-        Scoring the same context again right after (nothing decoded in between) reuses the saved
-        last-context logits instead of re-decoding the context's last chunk.
-
-        reuse_prefix=False empties the cache first. Kept for compatibility: with canonical
-        chunking it changes only the time taken, never the scores.
+        The context reuses what the cache holds exactly as a generation's prompt does (see
+        llama_decode.py), so the scores never depend on what ran before; it is decoded once for
+        all choices, and scoring the same context again right after reuses its last logits.
+        Not `echo=True` + logprobs: that pairs logits with the wrong tokens when there is no BOS
+        (SmolLM2) and sorts the whole vocabulary in Python per token. reuse_prefix=False
+        empties the cache first; the scores are the same.
         """
-        self._require_mode(False, "score choices")
+        engine = self._require_mode(False, "score choices")
         ctx_tokens = self.tokenize(context, add_bos)
         if not ctx_tokens:
             raise CellError(
@@ -622,34 +588,7 @@ class LlamaBackend:
             )
         if not conts:
             return []
-        llm: Any = self.llm  # llama-cpp-python's methods are partly unannotated
-        key = tuple(ctx_tokens)
-        saved, self._scored_context = self._scored_context, None
-        last: Any = None
-        if saved is not None and saved[0] == key and llm.n_tokens == n:
-            last = saved[1]
-        scores: list[ChoiceScore] = []
-        try:
-            for cont in conts:
-                if last is None:
-                    if not reuse_prefix:
-                        llm.reset()
-                    last = self._eval_context(ctx_tokens)
-                score, kv_clean = self._score_continuation(n, last, cont)
-                scores.append(score)
-                if not kv_clean:
-                    # The cache could not drop the continuation (recurrent memory): start over.
-                    llm.reset()
-                    last = None
-        except RuntimeError as exc:  # llama_decode failed
-            llm.reset()
-            raise CellError(f"llama.cpp: {exc}") from None
-        finally:
-            # The context's logits are no longer the current ones (see docstring).
-            llm._requires_eval = True
-        if last is not None:
-            self._scored_context = (key, last)
-        return scores
+        return engine.score_choices(ctx_tokens, conts, fresh=not reuse_prefix)
 
     def _continuation(
         self, context: str, ctx_tokens: list[int], choice: str, add_bos: bool
@@ -662,62 +601,6 @@ class LlamaBackend:
             return joint[n:]
         return self.tokenize(choice, False)
 
-    def _eval_context(self, ctx_tokens: list[int]) -> Any:
-        """Make the KV cache hold exactly `ctx_tokens`; return the last position's logits row."""
-        self._fill(ctx_tokens)
-        row = llama_lib.llama_get_logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy()
-
-    def _fill(self, tokens: list[int]) -> int:
-        """Make the KV cache hold exactly `tokens` (non-empty), canonically chunked; return how
-        many tokens were decoded. Afterwards the last decode's last row holds the logits of the
-        last position, `n_tokens`/`input_ids` mirror the cache and `_requires_eval` is False.
-
-        Canonical chunks end at fixed absolute positions (16, 32, 64, … doubling up to C, then
-        every C; see `_boundary_after`), so every KV position is computed in the same batch
-        composition as from an empty cache, and results never depend on what was cached.
-        Reuse: the common prefix of `tokens` and the cache, counted only over the first
-        `_aligned` positions (those decoded in whole canonical chunks: not a prompt's final
-        partial chunk, not generated tokens, which were decoded one at a time), rounded down to
-        a boundary and kept below len(tokens), because the last position must be decoded again
-        for its logits (logits_all=False keeps none). Then the rest is decoded chunk by chunk,
-        the last one possibly partial, exactly as from an empty cache.
-        """
-        llm: Any = self.llm
-        c = self.chunk
-        n = len(tokens)
-        limit = min(self._aligned, int(llm.n_tokens), n - 1)
-        common = 0
-        if limit > 0:
-            same = llm.input_ids[:limit] == np.asarray(tokens[:limit], dtype=llm.input_ids.dtype)
-            common = limit if bool(same.all()) else int(np.argmin(same))
-        keep = _boundary_at_or_below(common, c)
-        # A partial removal fails on recurrent memory; then start from an empty cache.
-        if keep > 0 and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            keep = 0
-        if keep == 0:
-            llm.reset()  # clears recurrent memory too
-            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = keep
-        llm._requires_eval = True
-        self._aligned = keep
-        # n_tokens/input_ids/_aligned advance chunk by chunk, so they stay true to the cache if
-        # a decode fails or Ctrl-C arrives between chunks.
-        start = keep
-        while start < n:
-            boundary = _boundary_after(start, c)
-            chunk = tokens[start:boundary]
-            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
-            llm._ctx.decode(llm._batch)
-            end = start + len(chunk)
-            llm.input_ids[start:end] = chunk
-            llm.n_tokens = end
-            if end == boundary:
-                self._aligned = end
-            start = end
-        llm._requires_eval = False
-        return n - keep
-
     # --- measuring (promptlab tune) ------------------------------------------------------------
 
     def measure(
@@ -728,7 +611,7 @@ class LlamaBackend:
         length; chunks of `n_batch` from position 0 are exactly the decodes a model loaded with
         that n_batch would make. Generation is greedy (numpy argmax, outside the timed part).
         """
-        self._require_mode(False, "measure")
+        engine = self._require_mode(False, "measure")
         if prompt_tokens < 1 or gen_tokens < 0:
             raise CellError("measure needs prompt_tokens >= 1 and gen_tokens >= 0")
         if prompt_tokens + gen_tokens >= self.settings.n_ctx:
@@ -736,91 +619,11 @@ class LlamaBackend:
                 f"{prompt_tokens} prompt + {gen_tokens} generated tokens do not fit n_ctx "
                 f"{self.settings.n_ctx}"
             )
-        if not 1 <= n_batch <= int(self.llm.n_batch):
-            raise CellError(f"n_batch must be 1..{self.llm.n_batch} here, got {n_batch}")
-        llm: Any = self.llm
-        ctx = llm.ctx
+        if not 1 <= n_batch <= self.settings.n_batch:
+            raise CellError(f"n_batch must be 1..{self.settings.n_batch} here, got {n_batch}")
         base = self.tokenize(_MEASURE_TEXT, False)
         tokens = (base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
-        self._scored_context = None
-        llama_lib.llama_set_n_threads(ctx, n_threads, n_threads)
-        try:
-            self._clear()
-            llama_lib.llama_perf_context_reset(ctx)
-            for start in range(0, prompt_tokens, n_batch):
-                chunk = tokens[start : start + n_batch]
-                llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
-                llm._ctx.decode(llm._batch)
-            llama_lib.llama_synchronize(ctx)
-            perf = llama_lib.llama_perf_context(ctx)
-            # A single-token prompt counts as an "eval" in llama.cpp's counters.
-            pp_ms = float(perf.t_p_eval_ms) + float(perf.t_eval_ms)
-            tg_ms = 0.0
-            if gen_tokens:
-                row = np.ctypeslib.as_array(
-                    llama_lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
-                )
-                token = int(row.argmax())
-                llama_lib.llama_perf_context_reset(ctx)
-                for pos in range(prompt_tokens, prompt_tokens + gen_tokens):
-                    llm._batch.set_batch(batch=[token], n_past=pos, logits_all=False)
-                    llm._ctx.decode(llm._batch)
-                    row = np.ctypeslib.as_array(  # synchronizes, as sampling would
-                        llama_lib.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,)
-                    )
-                    token = int(row.argmax())
-                tg_ms = float(llama_lib.llama_perf_context(ctx).t_eval_ms)
-        except RuntimeError as exc:  # llama_decode failed
-            raise CellError(f"llama.cpp: {exc}") from None
-        finally:
-            self._clear()
-            llama_lib.llama_set_n_threads(
-                ctx, self.settings.n_threads, self.settings.n_threads_batch
-            )
-        return {
-            "pp_tokens": float(prompt_tokens),
-            "pp_ms": pp_ms,
-            "pp_tps": prompt_tokens / pp_ms * 1000 if pp_ms > 0 else 0.0,
-            "tg_tokens": float(gen_tokens),
-            "tg_ms": tg_ms,
-            "tg_tps": gen_tokens / tg_ms * 1000 if tg_ms > 0 else 0.0,
-        }
-
-    def _clear(self) -> None:
-        """Empty the KV cache and the bookkeeping that mirrors it."""
-        llm: Any = self.llm
-        llm.reset()
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        self._aligned = 0
-        self._scored_context = None
-
-    def _score_continuation(self, n: int, last: Any, cont: list[int]) -> tuple[ChoiceScore, bool]:
-        """(score, whether the KV cache is back to the context only)."""
-        if not cont:
-            return ChoiceScore(0.0, 0, True), True
-        llm = self.llm
-        rows = [last[None, :]]
-        # Row i predicts token i+1, so the last choice token itself never needs decoding.
-        body = cont[:-1]
-        clean = True
-        try:
-            n_batch = llm.n_batch
-            for start in range(0, len(body), n_batch):
-                chunk = body[start : start + n_batch]
-                llm._batch.set_batch(batch=chunk, n_past=n + start, logits_all=True)
-                llm._ctx.decode(llm._batch)
-                ptr = llama_lib.llama_get_logits(llm.ctx)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy())
-        finally:
-            if body:
-                clean = bool(llm._ctx.kv_cache_seq_rm(-1, n, -1))
-        logits = np.vstack(rows).astype(np.float64)
-        m = logits.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-        target = np.asarray(cont, dtype=np.int64)
-        lp = logits[np.arange(len(cont)), target] - lse
-        greedy = bool((logits.argmax(axis=1) == target).all())
-        return ChoiceScore(float(lp.sum()), len(cont), greedy), clean
+        return engine.measure(tokens, gen_tokens, n_threads=n_threads, n_batch=n_batch)
 
     # --- embeddings ------------------------------------------------------------------------------
 
@@ -854,32 +657,14 @@ class LlamaBackend:
         return out
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.llm.close()
-
-
-# Canonical chunk boundaries: 16, 32, 64, … doubling up to C, then every C. The small early
-# chunks let cells that share only a chat template's opening (20–60 tokens) reuse it, which a
-# flat C-sized grid cannot; past C, whole C-sized chunks keep prompt processing fast.
-_FIRST_BOUNDARY = 16
-
-
-def _boundary_after(pos: int, c: int) -> int:
-    """The first canonical boundary strictly after `pos`."""
-    if pos >= c:
-        return (pos // c + 1) * c
-    b = _FIRST_BOUNDARY
-    while b <= pos:
-        b *= 2
-    return min(b, c)
-
-
-def _boundary_at_or_below(pos: int, c: int) -> int:
-    """The last canonical boundary at or before `pos` (0 if none)."""
-    if pos >= c:
-        return pos // c * c
-    b, best = _FIRST_BOUNDARY, 0
-    while b <= pos and b < c:
-        best = b
-        b *= 2
-    return best
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        if self.llm is not None:
+            with contextlib.suppress(Exception):
+                self.llm.close()
+            self.llm = None
+        own = getattr(self, "_own_model", None)
+        if own is not None:
+            llama_lib.llama_model_free(own)
+            self._own_model = None
