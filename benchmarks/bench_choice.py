@@ -98,8 +98,8 @@ def settings() -> LoadSettings:
 
 
 def reset(backend: LlamaBackend) -> None:
-    llm: Any = backend.llm  # untyped in llama-cpp-python
-    llm.reset()
+    assert backend.engine is not None
+    backend.engine.clear()
 
 
 def pick(scores: list[ChoiceScore]) -> int:

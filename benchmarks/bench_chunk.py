@@ -1,16 +1,17 @@
 """Prompt-processing speed by canonical chunk size (`prefix_chunk`), on each bundled model.
 
-Why: `LlamaBackend` evaluates every prompt in chunks aligned to multiples of
-C = min(prefix_chunk, n_batch), so that results never depend on what the KV cache held before
-(see the module docstring of promptlab/backends/llama.py). A small C reuses more of a shared
+Why: where a model is not split-invariant (backends/llama_decode.py), `LlamaBackend` evaluates
+every prompt in chunks aligned to multiples of C = min(prefix_chunk, n_batch), so that results
+never depend on what the KV cache held before. This script forces that canonical mode
+(PROMPTLAB_FILL_MODE=canonical) on the bundled models to measure it. A small C reuses more of a shared
 prefix (reuse is rounded down to a multiple of C, and the last chunk is always decoded again) but
 decodes a cold prompt in more, smaller batches, which are slower per token. This measures that
 cost, to choose the default: the smallest C whose prompt throughput is within 10% of C = 512.
 
 For each model, one `LlamaBackend` per chunk size (n_ctx 1024, n_batch 512, every usable CPU,
 flash_attn off) evaluates the same ~600-token prompt from an empty KV cache through the real
-`generate` path (max_tokens 1, greedy). pp tok/s = prompt_eval_tokens / prompt_eval_ms, from
-llama.cpp's own perf counters; `wall ms` is the whole `generate` call. One untimed warm-up per
+`generate` path (max_tokens 1, greedy). pp tok/s = prompt_eval_tokens / prompt_eval_ms, the
+wall time of the prompt's decodes; `wall ms` is the whole `generate` call. One untimed warm-up per
 chunk size, then --repeats rounds with the chunk sizes interleaved in rotating order; medians.
 `others%` is the share of all CPUs that other processes (and hypervisor steal) used meanwhile,
 from /proc/stat minus this process's own CPU time.
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+os.environ["PROMPTLAB_FILL_MODE"] = "canonical"  # what this measures; set before any load
 import statistics
 import sys
 import time
@@ -119,8 +122,8 @@ def run_model(alias: str, chunks: list[int], repeats: int) -> dict[str, Any]:
 
         def once(c: int) -> tuple[float, float]:
             backend = backends[c]
-            llm: Any = backend.llm  # untyped in llama-cpp-python
-            llm.reset()  # from scratch: nothing to reuse
+            assert backend.engine is not None
+            backend.engine.clear()  # from scratch: nothing to reuse
             t0 = time.perf_counter()
             g = backend.generate(prompt, add_bos, sampling)
             ms = (time.perf_counter() - t0) * 1000
@@ -130,7 +133,7 @@ def run_model(alias: str, chunks: list[int], repeats: int) -> dict[str, Any]:
 
         for c in chunks:  # warm-up, untimed
             once(c)
-            decodes[c] = -(-n_tokens // backends[c].chunk)
+            decodes[c] = -(-n_tokens // backends[c].info.facts["prefix_chunk"])
         for r in range(repeats):
             order = chunks[r % len(chunks) :] + chunks[: r % len(chunks)]
             before = cpu_snapshot()

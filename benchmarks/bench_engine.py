@@ -265,7 +265,9 @@ def bench_prefix(args: argparse.Namespace) -> int:
             f"template {label}: shared prefix {common_prefix(toks)} tokens (SmolLM2 tokenizer), "
             f"prompts {min(map(len, toks))}-{max(map(len, toks))} tokens"
         )
-    say(f"canonical prefix chunk: {probe.chunk} tokens (KV reuse is rounded down to a multiple)")
+    say(
+        f"prompt fill: {probe.info.facts['fill_mode']} (canonical chunk {probe.info.facts['prefix_chunk']})"
+    )
     probe.close()
 
     def run_promptlab(i: int) -> dict[str, Any]:

@@ -8,7 +8,10 @@
 #   4. print one table: offload supported, layers offloaded, device, prompt and generation tok/s,
 #      wall time, and whether the temperature-0 outputs match between -1 and 0;
 #   5. run llama-bench on the same model with the same -ngl, -fa, -b and -t, and print promptlab's
-#      generation tok/s over llama-bench's.
+#      generation tok/s over llama-bench's;
+#   6. (issue 11) run the long-generation suite with parallel 1, 4, 8 and 16 (all layers on the
+#      GPU) and print aggregate generation tok/s against llama-bench's single-stream tg128
+#      (benchmarks/gpu_parallel.py), with whether the outputs stay byte-identical.
 #
 #   bash benchmarks/gpu_check.sh            # everything (the build is skipped when already done)
 #   bash benchmarks/gpu_check.sh --build    # stage and build only
@@ -119,13 +122,16 @@ fi
 # with an explicit n_gpu_layers; the copies are removed on exit.
 COPIES=()
 trap 'rm -f "${COPIES[@]}"' EXIT
-suite_with_layers() { # SUITE NGL -> path of the copy
+suite_with_layers() { # SUITE NGL [PARALLEL] -> path of the copy
   local copy
-  copy="$(dirname "$1")/.gpu_check_$(basename "$1" .yaml)_ngl$2.yaml"
-  "$PY" - "$1" "$2" "$copy" <<'EOF'
+  copy="$(dirname "$1")/.gpu_check_$(basename "$1" .yaml)_ngl$2_p${3:-auto}.yaml"
+  "$PY" - "$1" "$2" "$copy" "${3:-auto}" <<'EOF'
 import sys, yaml
 suite = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
-suite["models"] = [{"path": "smollm2", "label": "smollm2", "n_gpu_layers": int(sys.argv[2])}]
+parallel = sys.argv[4] if sys.argv[4] == "auto" else int(sys.argv[4])
+suite["models"] = [
+    {"path": "smollm2", "label": "smollm2", "n_gpu_layers": int(sys.argv[2]), "parallel": parallel}
+]
 yaml.safe_dump(suite, open(sys.argv[3], "w", encoding="utf-8"), sort_keys=False, allow_unicode=True)
 EOF
   COPIES+=("$copy")
@@ -136,7 +142,7 @@ REPORT_ARGS=()
 for suite in evals/example.yaml benchmarks/suites/long_generation.yaml; do
   name="$(basename "$suite" .yaml)"
   for ngl in -1 0; do
-    copy="$(suite_with_layers "$suite" "$ngl")"
+    copy="$(suite_with_layers "$suite" "$ngl" 1)" # one stream: comparable with llama-bench tg
     out="$WORK/runs/$name-ngl$ngl"
     rm -rf "$out"
     TR="$(date +%s.%N)"
@@ -177,5 +183,25 @@ echo
   --tg-run "long_generation ngl=-1" --tg-run-cpu "long_generation ngl=0" \
   --json "$OUTDIR/gpu_check.json" | tee "$OUTDIR/gpu_check.md"
 cp "$WORK/llama-bench.json" "$WORK/runs/example-ngl-1/manifest.json" "$OUTDIR/" 2>/dev/null || true
+
+# --- 6. parallel sweep (issue 11) --------------------------------------------------------------------
+echo
+SWEEP=()
+for p in 1 4 8 16; do
+  copy="$(suite_with_layers benchmarks/suites/long_generation.yaml -1 "$p")"
+  out="$WORK/runs/parallel-$p"
+  rm -rf "$out"
+  rc=0
+  "$PY" -m promptlab run "$copy" --no-cache -o "$out" >"$WORK/run-parallel-$p.log" 2>&1 || rc=$?
+  if ((rc != 0 && rc != 100)); then
+    tail -20 "$WORK/run-parallel-$p.log"
+    echo "gpu_check: promptlab run with parallel $p failed with exit $rc" >&2
+    exit 1
+  fi
+  step "parallel $p: done"
+  SWEEP+=(--run "$p" "$out")
+done
+"$PY" benchmarks/gpu_parallel.py "${SWEEP[@]}" --bench "$WORK/llama-bench.json" \
+  --json "$OUTDIR/gpu_parallel.json" | tee "$OUTDIR/gpu_parallel.md" || true
 echo
 step "done (build $(cat "$WORK/build-seconds" 2>/dev/null || echo '?') s, included when it ran in this call)"
