@@ -7,6 +7,9 @@ For a 4-option question after a few-shot block, on each bundled model (in one pr
   (ii)  scratch: the same call once per choice with the KV cache reset before each, so every
                  choice pays for the whole context again (no prefix sharing), as lm-eval style
                  loglikelihood requests do without a cache.
+  (iv)  apart:   (i) with each continuation in a decode of its own (engine.choice_rows = 0),
+                 where (i) decodes equal-length continuations together, one stream each (what
+                 `parallel: auto` does on the CPU when the load-time self-test allows it).
   (iii) gen:     greedy `generate(context, max_tokens=16)` and a case-insensitive substring check
                  for each option (the first option found is the pick).
 
@@ -117,6 +120,14 @@ class Methods:
         scores = self.backend.score_choices(FEW_SHOT, self.add_bos, CHOICES)
         self.last["shared"] = scores
 
+    def apart(self) -> None:
+        engine: Any = self.backend.engine
+        rows, engine.choice_rows = engine.choice_rows, 0
+        try:
+            self.last["apart"] = self.backend.score_choices(FEW_SHOT, self.add_bos, CHOICES)
+        finally:
+            engine.choice_rows = rows
+
     def scratch(self) -> None:
         scores: list[ChoiceScore] = []
         for choice in CHOICES:
@@ -140,6 +151,7 @@ def run_model(alias: str, repeats: int) -> dict[str, Any]:
         m = Methods(backend, add_bos)
         methods: dict[str, Callable[[], None]] = {
             "shared": m.shared,
+            "apart": m.apart,
             "scratch": m.scratch,
             "gen": m.gen,
         }
@@ -170,6 +182,8 @@ def run_model(alias: str, repeats: int) -> dict[str, Any]:
             "scratch_pick": pick(m.last["scratch"]),
             "gen": m.last["gen"],
             "max_abs_diff": diff,
+            "apart_equal": m.last["apart"] == m.last["shared"],
+            "choice_rows": backend.info.facts["choice_rows"],
             "scores": [round(s.logprob, 3) for s in m.last["shared"]],
         }
     finally:
@@ -187,6 +201,7 @@ def report(res: dict[str, Any], repeats: int) -> None:
     print("-" * 63)
     labels = {
         "shared": "(i) score_choices, shared context",
+        "apart": "(iv) (i), one continuation a decode",
         "scratch": "(ii) one choice at a time, scratch",
         "gen": f"(iii) generate {GEN_TOKENS} + substring",
     }
@@ -201,6 +216,10 @@ def report(res: dict[str, Any], repeats: int) -> None:
         f"{text[:40]!r}"
     )
     print(f"(i) logprobs {res['scores']}; max |(i) - (ii)| = {res['max_abs_diff']:.2e}")
+    print(
+        f"continuations decoded together: up to {res['choice_rows']} rows; "
+        f"(i) == (iv) bit for bit: {res['apart_equal']}"
+    )
 
 
 def main() -> int:

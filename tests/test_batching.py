@@ -97,6 +97,42 @@ def test_batched_generations_equal_each_cell_alone(model: tuple[Path, bool]) -> 
 
 
 @pytest.mark.model
+def test_choice_continuations_decoded_together_score_as_alone(model: tuple[Path, bool]) -> None:
+    # Equal-length continuations are decoded in one batch, one stream each, where the
+    # self-test proved it exact; every score must equal the one-at-a-time path (parallel: 1).
+    path, add_bos = model
+    context = "Notes on the town market: the people sold bread, fish and cloth. They sold"
+    choices = [" fish and cloth", " bread and salt", " nothing at all", " bread", " old boats"]
+    backend = open_backend(path, _settings(1))
+    try:
+        assert backend.info.facts["choice_rows"] == 0  # one stream: nothing to batch
+        alone = backend.score_choices(context, add_bos, choices, reuse_prefix=False)
+    finally:
+        backend.close()
+    backend = open_backend(path, _settings(None))
+    try:
+        facts = backend.info.facts
+        checks = facts["self_test"]["checks"]
+        assert facts["choice_rows"] == (
+            facts["self_test"]["batch_width"] if checks["batched continuations"] else 0
+        )
+        together = backend.score_choices(context, add_bos, choices, reuse_prefix=False)
+        assert together == alone  # every score, bit for bit
+        engine: Any = backend.engine
+        lengths = [
+            len(backend._continuation(context, backend.tokenize(context, add_bos), c, add_bos))
+            for c in choices
+        ]
+        groups = engine._choice_groups([[0] * n for n in lengths])
+        if facts["choice_rows"]:
+            assert any(len(g) >= 2 for g in groups), (lengths, groups)
+        # Every stream that took part holds the context afterwards: scoring again reuses it.
+        assert backend.score_choices(context, add_bos, choices) == alone
+    finally:
+        backend.close()
+
+
+@pytest.mark.model
 def test_canonical_fill_mode_gives_the_same_results(
     model: tuple[Path, bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:

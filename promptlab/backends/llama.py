@@ -393,6 +393,8 @@ class LlamaBackend:
             raise BackendError(
                 f"{self.path}: {exc}", hint="lower n_ctx in models: (or free some memory)"
             ) from None
+        if verdict.checks.get("batched continuations") and min(parallel, verdict.batch_width) > 1:
+            self.engine.choice_rows = verdict.batch_width
         kv = self._kv_bytes(_take_log())
         if kv:
             self.engine.kv_budget_cells = max(1, _KV_BUDGET // max(1, kv // max(1, s.n_ctx)))
@@ -405,6 +407,8 @@ class LlamaBackend:
             "batch_exact": parallel <= verdict.batch_width,
             "self_test": {**verdict.as_dict(), "measured_now": measured},
             "device_sampling": device_sampling,
+            # The most continuation rows `choice` decodes together (0: one at a time).
+            "choice_rows": self.engine.choice_rows,
             "prefix_chunk": self.engine.chunk,
             "kv_bytes": kv,
         }

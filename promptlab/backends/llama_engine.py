@@ -185,6 +185,9 @@ class Engine:
         # Greedy cells without grammar, logprobs or penalties pick their token on the device
         # (llama.cpp's experimental backend sampling): worth it where logits live on a GPU.
         self.device_sampling = device_sampling
+        # Rows a batch of choice continuations may hold (0: one continuation per decode), set
+        # by the backend from the self-test: see `_choice_groups`.
+        self.choice_rows = 0
         self.chunk = max(1, min(settings.prefix_chunk, settings.n_batch))
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._scratch = np.empty(self.n_vocab, dtype=np.single)
@@ -582,10 +585,12 @@ class Engine:
 
         Each continuation's tokens but the last are decoded after the context with logits for
         every position, and removed again, so the stream holds exactly the context afterwards
-        and its last row is kept for the next call on the same context."""
+        and its last row is kept for the next call on the same context. Where the self-test
+        found it exact, continuations of equal length are decoded together, one stream each
+        (`_together`); otherwise one after another."""
         n = len(ctx_tokens)
         longest = max((len(c) for c in conts), default=0)
-        self.ensure(1, n + longest)
+        self.ensure(self._choice_streams(conts), n + longest)
         if fresh:
             stream = self.streams[0]
             self._forget(stream)
@@ -596,10 +601,75 @@ class Engine:
                 self.fill(stream, ctx_tokens)
                 stream.row = self._row(-1).copy()
             last = stream.row
-            return [self._continuation(stream, n, last, cont) for cont in conts]
+            done: dict[int, ChoiceScore] = {}
+            for group in self._choice_groups(conts):
+                done.update(self._together(stream, n, last, conts, group))
+            return [
+                done[i] if i in done else self._continuation(stream, n, last, cont)
+                for i, cont in enumerate(conts)
+            ]
         except DecodeError as exc:
             self._forget(stream)
             raise CellError(f"llama.cpp: {exc}") from None
+
+    def _choice_streams(self, conts: list[list[int]]) -> int:
+        if not self.choice_rows:
+            return 1
+        return max(1, min(self.parallel, sum(1 for c in conts if len(c) >= 2)))
+
+    def _choice_groups(self, conts: list[list[int]]) -> list[list[int]]:
+        """Which continuations to decode together: equal lengths (llama.cpp splits a batch over
+        separate streams into steps of equal tokens per stream, so unequal ones would be
+        decoded in pieces), at most as many rows as the self-test proved exact, one stream
+        each. Depends only on the continuations and the engine's settings."""
+        ctx = self._context()
+        by_len: dict[int, list[int]] = {}
+        for i, cont in enumerate(conts):
+            if len(cont) >= 2:
+                by_len.setdefault(len(cont) - 1, []).append(i)
+        groups: list[list[int]] = []
+        for length, members in sorted(by_len.items()):
+            per = min(ctx.slots, self.choice_rows // length, ctx.n_batch // length)
+            if per < 2:
+                continue
+            groups.extend(
+                members[k : k + per] for k in range(0, len(members), per) if len(members[k:]) >= 2
+            )
+        return groups
+
+    def _together(
+        self, stream: Stream, n: int, last: Any, conts: list[list[int]], group: list[int]
+    ) -> dict[int, ChoiceScore]:
+        """Score the continuations in `group` (equal lengths) in one decode: the context stream
+        is copied into as many streams, each decodes its continuation, and every stream is cut
+        back to the context, so all of them hold it for later cells."""
+        ctx = self._context()
+        others = [s for s in self.streams if s is not stream][: len(group) - 1]
+        lanes = [stream, *others]
+        for lane in others:
+            ctx.copy(stream.seq, lane.seq)
+            lane.tokens, lane.reusable, lane.row = list(stream.tokens), stream.reusable, None
+        bodies = [conts[i][:-1] for i in group]
+        items = [
+            (t, n + j, lane.seq, True)
+            for lane, body in zip(lanes, bodies, strict=True)
+            for j, t in enumerate(body)
+        ]
+        try:
+            ctx.decode(items)
+            out: dict[int, ChoiceScore] = {}
+            k = 0
+            for i, body in zip(group, bodies, strict=True):
+                rows = [last[None, :]] + [
+                    self._row(k + j)[None, :].copy() for j in range(len(body))
+                ]
+                k += len(body)
+                out[i] = self._score(conts[i], rows)
+            return out
+        finally:
+            for lane in lanes:
+                if not ctx.rm(lane.seq, n):
+                    self._forget(lane)
 
     def _continuation(self, stream: Stream, n: int, last: Any, cont: list[int]) -> ChoiceScore:
         if not cont:
@@ -616,6 +686,10 @@ class Engine:
         finally:
             if body and not ctx.rm(stream.seq, n):
                 self._forget(stream)  # recurrent memory cannot drop the tail: start over
+        return self._score(cont, rows)
+
+    @staticmethod
+    def _score(cont: list[int], rows: list[Any]) -> ChoiceScore:
         logits = np.vstack(rows).astype(np.float64)
         m = logits.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
@@ -672,7 +746,7 @@ class Engine:
 
 # --- the load-time self-test ------------------------------------------------------------------
 
-PROBE_REVISION = 2  # bump when the probe changes, so cached verdicts are measured again
+PROBE_REVISION = 3  # bump when the probe changes, so cached verdicts are measured again
 
 
 @dataclass(frozen=True)
@@ -762,6 +836,21 @@ def self_test(
                 break
             width = w
         checks[f"batched steps up to {widths}"] = width == widths
+        # Choice continuations: equal-length tails of two streams (each still holding its
+        # 8-token prompt) decoded together, every row compared with the tail decoded alone.
+        tails = [nexts[:1] + tokens[40:42], nexts[1:2] + tokens[42:44]]
+        apart: list[Any] = []
+        for s, tail in enumerate(tails):
+            ctx.decode([(t, 8 + j, s, True) for j, t in enumerate(tail)])
+            apart.extend(row(j) for j in range(len(tail)))
+            ctx.rm(s, 8)
+        ctx.decode(
+            [(t, 8 + j, s, True) for s, tail in enumerate(tails) for j, t in enumerate(tail)]
+        )
+        together = [row(j) for j in range(len(apart))]
+        checks["batched continuations"] = all(
+            np.array_equal(a, b) for a, b in zip(apart, together, strict=True)
+        )
     finally:
         ctx.free()
     split = all(v for k, v in checks.items() if not k.startswith("batched"))
