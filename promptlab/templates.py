@@ -131,14 +131,23 @@ class TemplateEnv:
             undefined=jinja2.StrictUndefined,
             extensions=[RoleExtension, "jinja2.ext.loopcontrols"],
             autoescape=False,  # prompts are text, not HTML; the HTML report escapes on its own
-            keep_trailing_newline=False,
+            keep_trailing_newline=True,  # the text as written: base models and `choice` see it
         )
         self._inline: dict[str, jinja2.Template] = {}
 
-    def load_file(self, path: Path, where: str) -> jinja2.Template:
+    def load_file(self, path: Path, where: str, *, trim: bool = False) -> jinja2.Template:
+        """A template file by its project path. `trim` drops the whitespace around the whole
+        text before compiling it, as promptfoo does for .txt prompt files; otherwise the text
+        is kept exactly as written, trailing newline included."""
         real = files.confine(path, self.root, what="template file", where=where, shown=str(path))
         name = real.relative_to(self.root).as_posix()
         try:
+            if trim:
+                source, filename, _ = self.loader.get_source(self.env, name)
+                code = self.env.compile(source.strip(), name, filename)
+                return self.env.template_class.from_code(
+                    self.env, code, self.env.make_globals(None)
+                )
             return self.env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
             raise self._syntax_error(exc, path) from None

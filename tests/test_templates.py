@@ -283,25 +283,33 @@ def test_variables_survive_include_cycles_and_missing_includes(project: Project)
 # --- trailing newlines ---------------------------------------------------------------------
 
 
-def test_single_trailing_newline_of_a_file_is_dropped(project: Project) -> None:
+def test_trailing_newline_of_a_file_is_kept(project: Project) -> None:
+    # promptfoo sends the text as written; base models and `choice` answer differently without
+    # the newline after "A:" (Jinja's default drops it).
     project.write("p.j2", "Q: {{ q }}\nA:\n")
-    assert render_file(project, "p.j2", q="x") == "Q: x\nA:"
+    assert render_file(project, "p.j2", q="x") == "Q: x\nA:\n"
 
 
-def test_only_one_trailing_newline_is_dropped(project: Project) -> None:
+def test_every_trailing_newline_is_kept(project: Project) -> None:
     project.write("p.j2", "A:\n\n")
-    assert render_file(project, "p.j2") == "A:\n"
+    assert render_file(project, "p.j2") == "A:\n\n"
 
 
-def test_included_file_trailing_newline_is_dropped(project: Project) -> None:
+def test_included_file_trailing_newline_is_kept(project: Project) -> None:
     project.write("part.j2", "middle\n")
     project.write("p.j2", "[{% include 'part.j2' %}]\n")
-    assert render_file(project, "p.j2") == "[middle]"
+    assert render_file(project, "p.j2") == "[middle\n]\n"
+
+
+def test_inline_template_trailing_newline_is_kept(project: Project) -> None:
+    env = TemplateEnv(project.root)
+    tpl = env.from_string("Q: {{ q }}\nA:\n", "inline")
+    assert env.render(tpl, {"q": "x"}, "test") == "Q: x\nA:\n"
 
 
 def test_leading_and_inner_whitespace_is_kept(project: Project) -> None:
     project.write("p.j2", "  indented\n\nline {{ x }}\n")
-    assert render_file(project, "p.j2", x=1) == "  indented\n\nline 1"
+    assert render_file(project, "p.j2", x=1) == "  indented\n\nline 1\n"
 
 
 def test_role_content_is_stripped(project: Project) -> None:
