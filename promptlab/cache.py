@@ -9,6 +9,11 @@ for its own cells, and repeats (different seeds) never share an answer.
 Concurrency: WAL mode and a busy timeout let two runs read and write at once; every write is
 its own short transaction, and entries are immutable (same key, same value), so the last writer
 winning is harmless. results.jsonl stays the source of truth; losing a cache write loses nothing.
+
+Damage: a database that cannot be opened at all stops the run before anything is written. Damage
+further in (one bad table page) shows only when a lookup reaches it; such an entry is a miss,
+recomputed like any other, counted in `read_errors` and named once in a note, so a run (and its
+--resume) never stops midway over a cache that is only an optimisation.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class Cache:
         self.misses = 0
         self.writes = 0
         self.write_errors = 0
+        self.read_errors = 0
+        self.first_read_error = ""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
@@ -106,7 +113,11 @@ class Cache:
                 "SELECT value FROM entries WHERE key = ? AND kind = ?", (key, kind)
             ).fetchone()
         except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from None
+            self.read_errors += 1
+            if self.read_errors == 1:
+                self.first_read_error = f"{type(exc).__name__}: {exc}"
+            self.misses += 1
+            return None
         if row is None:
             self.misses += 1
             return None
@@ -146,7 +157,20 @@ class Cache:
         if self.write_errors:
             out["write_errors"] = self.write_errors
             out["first_write_error"] = getattr(self, "first_write_error", "")
+        if self.read_errors:
+            out["read_errors"] = self.read_errors
+            out["first_read_error"] = self.first_read_error
         return out
+
+    def note(self) -> str | None:
+        """What the person should hear about this session's damaged entries, if any."""
+        if not self.read_errors:
+            return None
+        return (
+            f"{self.path}: {self.read_errors} cache lookup(s) failed ({self.first_read_error}); "
+            f"those results were computed again. The cache is damaged: delete {self.path} to "
+            "start a fresh one"
+        )
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -92,29 +92,28 @@ class GGUFInfo:
         ftype = self.metadata.get("general.file_type")
         if ftype is None:
             return "unknown"
-        return FILE_TYPES.get(int(ftype), f"type {ftype}")
+        number = _int(ftype)
+        return FILE_TYPES.get(number, f"type {number}") if number is not None else "unknown"
 
     def arch_value(self, key: str) -> Any:
         return self.metadata.get(f"{self.architecture}.{key}")
 
     @property
     def n_layer(self) -> int | None:
-        value = self.arch_value("block_count")
-        return int(value) if value is not None else None
+        return _int(self.arch_value("block_count"))
 
     @property
     def n_ctx_train(self) -> int | None:
-        value = self.arch_value("context_length")
-        return int(value) if value is not None else None
+        return _int(self.arch_value("context_length"))
 
     @property
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
-        return str(value) if value else None
+        return value if isinstance(value, str) and value else None
 
     def token(self, key: str) -> str | None:
-        token_id = self.metadata.get(f"tokenizer.ggml.{key}_token_id")
-        return self.token_text.get(int(token_id)) if token_id is not None else None
+        token_id = _int(self.metadata.get(f"tokenizer.ggml.{key}_token_id"))
+        return self.token_text.get(token_id) if token_id is not None else None
 
     @property
     def add_bos(self) -> bool:
@@ -126,9 +125,35 @@ class GGUFInfo:
 
 
 class _Reader:
+    """Reads a header whose every length is checked against the bytes left in the file, so a
+    corrupt count (2^62 items) is one InputError, never a 2^62-step loop or a huge allocation."""
+
     def __init__(self, f: BinaryIO, path: Path) -> None:
         self.f = f
         self.path = path
+        self.size = path.stat().st_size
+
+    def corrupt(self, what: str) -> InputError:
+        return InputError(
+            f"{self.path}: corrupt GGUF header ({what})",
+            hint="re-download or re-convert the model",
+        )
+
+    def left(self) -> int:
+        return self.size - self.f.tell()
+
+    def beyond_end(self, n_bytes: int, what: str) -> InputError:
+        # A length no real model reaches is damage; a plausible one that ends past the last
+        # byte is a download cut short.
+        if n_bytes > 1 << 40:
+            return self.corrupt(what)
+        return InputError(f"{self.path}: truncated GGUF file", hint="re-download the model")
+
+    def count(self, n: int, item_bytes: int, what: str) -> int:
+        """`n` items of at least `item_bytes` each must fit in what is left of the file."""
+        if n * item_bytes > self.left():
+            raise self.beyond_end(n * item_bytes, f"{what} of {n} items")
+        return n
 
     def read(self, n: int) -> bytes:
         data = self.f.read(n)
@@ -143,30 +168,42 @@ class _Reader:
     def string(self) -> str:
         (length,) = struct.unpack("<Q", self.read(8))
         if length > 1 << 28:
-            raise InputError(f"{self.path}: corrupt GGUF header (string of {length} bytes)")
+            raise self.corrupt(f"string of {length} bytes")
+        if length > self.left():
+            raise self.beyond_end(length, f"string of {length} bytes")
         return self.read(length).decode("utf-8", "replace")
 
     def skip_string(self) -> None:
         (length,) = struct.unpack("<Q", self.read(8))
+        if length > self.left():
+            raise self.beyond_end(length, f"string of {length} bytes")
         self.f.seek(length, 1)
 
     def value(
-        self, kind: int, keep_ids: set[int] | None = None, out: dict[int, str] | None = None
+        self,
+        kind: int,
+        keep_ids: set[int] | None = None,
+        out: dict[int, str] | None = None,
+        depth: int = 0,
     ) -> Any:
         if kind in _SCALARS:
             return self.scalar(kind)
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
+            if depth >= 4:  # llama.cpp writes flat arrays; deeper nesting is damage
+                raise self.corrupt("arrays nested too deep")
             (item_kind,) = struct.unpack("<I", self.read(4))
             (count,) = struct.unpack("<Q", self.read(8))
             if item_kind in _SCALARS:
                 size = _SCALARS[item_kind][1]
+                self.count(count, size, "array")
                 if count <= 64:
                     return [self.scalar(item_kind) for _ in range(count)]
                 self.f.seek(size * count, 1)  # long numeric arrays (scores, types): skip
                 return f"<array of {count}>"
             if item_kind == _STRING:
+                self.count(count, 8, "string array")  # each string has an 8-byte length
                 if keep_ids is not None and out is not None:
                     for i in range(count):
                         if i in keep_ids:
@@ -179,10 +216,18 @@ class _Reader:
                 for _ in range(count):
                     self.skip_string()
                 return f"<array of {count} strings>"
+            if item_kind != _ARRAY:
+                raise self.corrupt(f"array of value type {item_kind}")
+            self.count(count, 12, "array of arrays")  # each inner array has a 12-byte header
             for _ in range(count):
-                self.value(item_kind)
+                self.value(item_kind, depth=depth + 1)
             return f"<array of {count}>"
-        raise InputError(f"{self.path}: corrupt GGUF header (value type {kind})")
+        raise self.corrupt(f"value type {kind}")
+
+
+def _int(value: Any) -> int | None:
+    """A metadata value used as a number: a damaged header may hold text or a list there."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def is_gguf(path: Path) -> bool:
@@ -214,7 +259,7 @@ def read_gguf(path: Path) -> GGUFInfo:
         n_tensors, n_kv = struct.unpack("<QQ", r.read(16))
         metadata: dict[str, Any] = {}
         token_text: dict[int, str] = {}
-        for _ in range(n_kv):
+        for _ in range(n_kv):  # no bound needed: each entry reads 13 bytes or more, or fails
             key = r.string()
             (kind,) = struct.unpack("<I", r.read(4))
             if key == "tokenizer.ggml.tokens":

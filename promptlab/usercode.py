@@ -9,6 +9,7 @@ inside the project. Functions are loaded once per file and called in-process.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import sys
 import textwrap
@@ -41,6 +42,32 @@ def require_consent(mode: CodeMode, where: str, what: str) -> None:
 def _not_loaded(*_args: Any) -> Any:
     # validate and render prepare checks without executing user code; nothing evaluates them.
     raise RuntimeError("user code is not loaded outside `promptlab run`")
+
+
+class UserCodeExit(RuntimeError):
+    """User code called sys.exit() (or raised another BaseException) while promptlab ran it."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func`, with sys.exit() turned into an ordinary error: a check or transform that exits
+    fails that check (as any exception does), instead of ending promptlab with its own code."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (Exception, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # SystemExit and the like
+            raise UserCodeExit(_describe(exc)) from None
+
+    return call
 
 
 def _module_names(body: Iterable[ast.stmt]) -> set[str]:
@@ -78,8 +105,14 @@ def _load_module(path: Path, source: str, where: str) -> Any:
         exec(compile(source, str(resolved), "exec"), module.__dict__)
     except SyntaxError as exc:
         raise InputError(f"{path}:{exc.lineno}: Python syntax error: {exc.msg}") from None
-    except Exception as exc:  # the user's module failed at import time
-        raise InputError(f"{where}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise  # Ctrl-C while importing is the person's, and exits 130
+    except BaseException as exc:  # sys.exit() too: the exit code is promptlab's
+        sys.modules.pop(name, None)
+        raise InputError(
+            f"{where}: importing {path} failed: {_describe(exc)}",
+            hint="fix the module so that importing it runs without error",
+        ) from None
     _MODULES[resolved] = module
     return module
 
@@ -118,7 +151,7 @@ def load_file_ref(
     func = getattr(module, func_name, None)
     if not callable(func):
         raise missing
-    return CodeRef(label, func)
+    return CodeRef(label, _guarded(func))
 
 
 def compile_inline(code: str, where: str, mode: CodeMode = CodeMode.CHECK) -> CodeRef:
@@ -140,7 +173,7 @@ def compile_inline(code: str, where: str, mode: CodeMode = CodeMode.CHECK) -> Co
         def run_expr(output: str, context: dict[str, Any]) -> Any:
             return eval(compiled, {"output": output, "context": context})
 
-        return CodeRef("inline", run_expr)
+        return CodeRef("inline", _guarded(run_expr))
     body = "def __check(output, context):\n" + textwrap.indent(source, "    ")
     try:
         compiled_body = compile(body, "<inline python>", "exec")
@@ -152,4 +185,4 @@ def compile_inline(code: str, where: str, mode: CodeMode = CodeMode.CHECK) -> Co
         return CodeRef("inline", _not_loaded)
     namespace: dict[str, Any] = {}
     exec(compiled_body, namespace)  # defines __check; the user's body runs only when called
-    return CodeRef("inline", namespace["__check"])
+    return CodeRef("inline", _guarded(namespace["__check"]))

@@ -315,7 +315,10 @@ CASES = [
         id="temperature-negative",
     ),
     pytest.param(
-        Case(_params("top_p: 0"), ("evals/s.yaml:5:", "params.top_p", "greater than 0")),
+        Case(
+            _params("top_p: 0"),
+            ("evals/s.yaml:5:", "params.top_p", "greater than or equal to 0.000001"),
+        ),
         id="top-p-zero",
     ),
     pytest.param(
@@ -373,7 +376,7 @@ CASES = [
     pytest.param(
         Case(
             _params("repeat_penalty: 0"),
-            ("evals/s.yaml:5:", "params.repeat_penalty", "greater than 0"),
+            ("evals/s.yaml:5:", "params.repeat_penalty", "greater than or equal to 0.01"),
         ),
         id="repeat-penalty-zero",
     ),
