@@ -30,8 +30,23 @@ if TYPE_CHECKING:
     from promptlab.report import ReportFiles
     from promptlab.tune import TuneResult
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """A rich Console that wraps text only on a terminal. Piped into a file, a pager or a CI log,
+    rich would fold every line at 80 columns mid-sentence; there a line stays one line (tables
+    and panels keep their layout)."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+
+out = _Console(highlight=False, soft_wrap=False)
+err = _Console(stderr=True, highlight=False)
 
 
 def escape(text: str) -> str:
@@ -50,6 +65,7 @@ class RichProgress:
             MofNCompleteColumn(),
             TextColumn(
                 "[green]✓{task.fields[ok]}[/] [red]✗{task.fields[bad]}[/] [yellow]!{task.fields[errors]}[/]"
+                "{task.fields[unchecked]}"
             ),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
@@ -57,8 +73,8 @@ class RichProgress:
             transient=False,
             refresh_per_second=4,  # the bar must not compete with llama.cpp for two cores
         )
-        self.task = self.bar.add_task("starting", total=None, ok=0, bad=0, errors=0)
-        self.counts = {"pass": 0, "fail": 0, "error": 0}
+        self.task = self.bar.add_task("starting", total=None, ok=0, bad=0, errors=0, unchecked="")
+        self.counts = {"pass": 0, "fail": 0, "error": 0, "unchecked": 0}
         self.started = False
 
     def __enter__(self) -> RichProgress:
@@ -107,6 +123,8 @@ class RichProgress:
             ok=self.counts["pass"],
             bad=self.counts["fail"],
             errors=self.counts["error"],
+            # outputs with no checks: shown once there are any, as neither ✓ nor ✗
+            unchecked=f" [dim]·{n}[/]" if (n := self.counts["unchecked"]) else "",
         )
 
 
@@ -125,24 +143,38 @@ def summary_table(reports: ReportFiles) -> Table:
     table = Table(title="Summary", title_justify="left", header_style="bold")
     for name in ("model", "prompt"):
         table.add_column(name, overflow="fold", min_width=8)
-    for name in ("pass", "95% CI", "ok", "fail", "err", "latency", "tok/s"):
+    unchecked = any(rec.get("unchecked") for rec in reports.summary)
+    numbers = ("pass", "95% CI", "ok", "fail", "err", *(["no checks"] * unchecked))
+    for name in (*numbers, "latency", "tok/s"):
         table.add_column(name, justify="right", no_wrap=True)
     for rec in reports.summary:
-        rate = float(rec["pass_rate"])
+        rate = rec.get("pass_rate")
         lat = rec.get("mean_latency_ms")
         tps = rec.get("mean_tokens_per_s")
         table.add_row(
             escape(str(rec["model"])),
             escape(str(rec["prompt"]) + (f" [{rec['setting']}]" if rec.get("setting") else "")),
-            f"[{_rate_style(rate)}]{rate:.0%}[/]",
+            # No check gated any output: there is no rate to show, least of all 100%.
+            "[dim]no checks[/]" if rate is None else f"[{_rate_style(rate)}]{rate:.0%}[/]",
             f"[dim]{_interval(rec)}[/]",
             str(rec["passed"]),
             str(rec["failed"]),
             str(rec["errors"]),
+            *([str(rec.get("unchecked") or 0)] if unchecked else []),
             f"{lat:.0f} ms" if lat is not None else "",
             f"{tps:.1f}" if tps is not None else "",
         )
     return table
+
+
+def _counts_line(cells: int, passed: int, failed: int, errors: int, unchecked: int) -> str:
+    line = (
+        f"{cells} cells: [green]{passed} passed[/], [red]{failed} failed[/], "
+        f"[yellow]{errors} errors[/]"
+    )
+    if unchecked:
+        line += f", [dim]{unchecked} with no checks (not counted as passed)[/]"
+    return line
 
 
 MAX_OTHER_VERDICTS = 6  # non-significant verdicts shown in the terminal; the CSV has them all
@@ -191,9 +223,8 @@ def print_run(result: RunResult) -> None:
         "interrupted": " [yellow](interrupted)[/]",
         "failed": " [red](failed)[/]",
     }[result.status]
-    out.print(
-        f"{s.cells} cells: [green]{s.passed} passed[/], [red]{s.failed} failed[/], [yellow]{s.errors} errors[/]{status}"
-    )
+    out.print(_counts_line(s.cells, s.passed, s.failed, s.errors, s.unchecked) + status)
+    _print_skipped(result.folder)
     extra = []
     if s.cached:
         extra.append(f"{s.cached} from the cache")
@@ -210,13 +241,41 @@ def print_run(result: RunResult) -> None:
     )
 
 
+def skipped_summary(items: Any) -> str | None:
+    """`2 checks, 1 test skipped (--skip-unsupported): a partial run`, from the manifest's
+    `skipped` list; None for a full run."""
+    if not isinstance(items, list) or not items:
+        return None
+    counts: dict[str, int] = {}
+    for item in items:
+        what = str(item.get("what", "")) if isinstance(item, dict) else ""
+        kind = what if what in ("check", "test", "prompt") else "key"
+        kind = "test group" if what in ("every test", "tests of the file") else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = [f"{n} {kind}{'' if n == 1 else 's'}" for kind, n in counts.items()]
+    return f"{', '.join(parts)} skipped (--skip-unsupported): a partial run, see the notes"
+
+
+def _print_skipped(folder: Path) -> None:
+    from promptlab.errors import PromptlabError  # noqa: PLC0415
+    from promptlab.store import read_manifest  # noqa: PLC0415
+
+    try:
+        text = skipped_summary(read_manifest(folder).get("skipped"))
+    except PromptlabError:  # the run is stored already; this line only repeats the manifest
+        return
+    if text is not None:
+        out.print(f"[yellow]{escape(text)}[/]")
+
+
 def print_report(reports: ReportFiles) -> None:
     out.print(summary_table(reports))
     print_verdicts(reports.comparisons)
     t = reports.totals
     out.print(
-        f"{t['cells']} cells: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors"
+        _counts_line(t["cells"], t["passed"], t["failed"], t["errors"], t.get("unchecked", 0))
     )
+    _print_skipped(reports.html.parent)
     paths = (
         reports.results_csv,
         reports.summary_csv,
@@ -235,6 +294,9 @@ def print_validate(plan: Plan, path: Path) -> None:
         f"[green]✓[/] {escape(str(path))}: {len(s.prompts)} prompt(s) × {len(s.tests)} test(s) × "
         f"{len(plan.models)} model(s) = {plan.total_cells} cells"
     )
+    skipped = skipped_summary(s.skipped)
+    if skipped is not None:
+        out.print(f"[yellow]{escape(skipped.replace('skipped', 'would be skipped', 1))}[/]")
     for m in plan.models:
         where = m.path if isinstance(m.path, str) else m.path.name
         out.print(
@@ -271,7 +333,10 @@ def print_render(plan: Plan, as_json: bool) -> None:
         body.append(escape(c.text))
         if c.checks:
             body.append("[dim]checks: " + escape("; ".join(k.describe() for k in c.checks)) + "[/]")
-        out.print(Panel("\n".join(body), title=title, title_align="left", expand=True))
+        # soft_wrap off: a panel's text must wrap inside it, piped or not
+        out.print(
+            Panel("\n".join(body), title=title, title_align="left", expand=True), soft_wrap=False
+        )
     out.print(f"{len(plan.cells)} of {plan.total_cells} cells rendered")
 
 
@@ -381,7 +446,7 @@ def print_tune(result: TuneResult) -> None:
 
 # --- compare, history, baseline, gates ---------------------------------------------------
 
-_STATUS_STYLE = {"pass": "green", "fail": "red", "error": "yellow"}
+_STATUS_STYLE = {"pass": "green", "fail": "red", "error": "yellow", "unchecked": "dim"}
 
 
 def _status(value: str | None) -> str:
@@ -486,7 +551,12 @@ def print_history(hist: History) -> None:
     suites = len({r.suite for r in hist.runs}) > 1
     for r in hist.runs:
         status = r.status if not r.problem else f"{r.status}, no results"
-        style = {"complete": "green", "interrupted": "yellow", "failed": "red"}.get(r.status, "")
+        style = {
+            "complete": "green",
+            "interrupted": "yellow",
+            "reporting": "yellow",  # killed while writing its reports: --resume finishes it
+            "failed": "red",
+        }.get(r.status, "")
         facts = [
             f"[bold]{escape(r.date)}[/]",
             escape(str(r.folder.name)),

@@ -7,10 +7,13 @@ Data flow: suite (load_suite) → render (build_plan) → run (runner.execute) �
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -18,14 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__, consent
+from promptlab.backends import is_fake
 from promptlab.cache import Cache
 from promptlab.cache import default_path as default_cache_path
 from promptlab.consent import CodeMode
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
-from promptlab.plan import Plan, Selection, build_plan
+from promptlab.plan import Plan, Selection, build_plan, usable_cpus
 from promptlab.runner import NoProgress, Progress, Stats, execute
-from promptlab.store import RunWriter, check_run_dir, default_run_dir
+from promptlab.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
@@ -44,11 +48,13 @@ def prepare(
     limit: int | None = None,
     selection: Selection | None = None,
     allow_code: bool = False,
+    skip_unsupported: bool = False,
 ) -> Plan:
     """Load, check and render a suite without loading any model or executing any user code
     (validate, render). Python checks are parsed; a note says whether `run` would execute them
-    (with `allow_code`: as if --allow-code were passed to run)."""
-    suite = load_suite(path, model_override=model)
+    (with `allow_code`: as if --allow-code were passed to run). `skip_unsupported` previews
+    what `run --skip-unsupported` would leave out."""
+    suite = load_suite(path, model_override=model, skip_unsupported=skip_unsupported)
     plan = build_plan(
         suite, filter_pattern=filter_pattern, limit=limit, code=CodeMode.CHECK, selection=selection
     )
@@ -69,9 +75,10 @@ def prepare_run(
     model: str | None = None,
     allow_code: bool = False,
     selection: Selection | None = None,
+    skip_unsupported: bool = False,
 ) -> tuple[Plan, consent.Consent]:
     """Load, check and render a suite for `run`: user code is imported only with consent."""
-    suite = load_suite(path, model_override=model)
+    suite = load_suite(path, model_override=model, skip_unsupported=skip_unsupported)
     granted = consent.for_run(allow_code, suite.root)
     mode = CodeMode.RUN if granted.granted else CodeMode.REFUSE
     try:
@@ -102,6 +109,10 @@ def git_state(root: Path) -> dict[str, Any] | None:
     }
 
 
+# Shows the suite's notes before the first cell runs (the CLI prints them to stderr).
+NotesFn = Callable[[list[str]], None]
+
+
 @dataclass
 class RunResult:
     folder: Path
@@ -110,6 +121,33 @@ class RunResult:
     reports: ReportFiles | None
     notes: list[str] = field(default_factory=list)
     error: PromptlabError | None = None
+    notes_shown: int = 0  # notes[:notes_shown] went to the notes callback before the run
+
+
+def find_suite(folder: Path) -> Path:
+    """The suite `promptlab run` with no file means: ./promptfooconfig.yaml as promptfoo's
+    `eval` does, else the one suite in ./evals; InputError naming the candidates otherwise."""
+    for name in ("promptfooconfig.yaml", "promptfooconfig.yml"):
+        if (folder / name).is_file():
+            return folder / name
+    evals = folder / "evals"
+    found = (
+        sorted(p for p in evals.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if evals.is_dir()
+        else []
+    )
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(
+            "no suite file given, and there is no ./promptfooconfig.yaml and no evals/*.yaml here",
+            hint="name one: promptlab run path/to/suite.yaml (or promptlab init to start one)",
+        )
+    shown = ", ".join(p.as_posix() for p in found[:5]) + (" …" if len(found) > 5 else "")
+    raise InputError(
+        f"no suite file given, and evals/ holds {len(found)} suites ({shown})",
+        hint=f"name one: promptlab run {found[0].as_posix()}",
+    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +164,8 @@ def failing_cells(folder: Path) -> frozenset[str]:
     rows = read_results(folder)
     if not rows:
         raise InputError(f"--failing {folder}: that run has no results yet")
-    return frozenset(r["cell_id"] for r in rows if r.get("status") != "pass")
+    # Cells with no checks did not fail: there is nothing to rerun them for.
+    return frozenset(r["cell_id"] for r in rows if r.get("status") in ("fail", "error"))
 
 
 def run(
@@ -141,25 +180,40 @@ def run(
     allow_code: bool = False,
     selection: Selection | None = None,
     cache: CacheOptions | None = None,
+    notes: NotesFn | None = None,
+    skip_unsupported: bool = False,
 ) -> RunResult:
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
-    plan, granted = prepare_run(path, model=model, allow_code=allow_code, selection=sel)
+    plan, granted = prepare_run(
+        path,
+        model=model,
+        allow_code=allow_code,
+        selection=sel,
+        skip_unsupported=skip_unsupported,
+    )
     if not plan.cells:
         raise InputError(
             f"the selection ({json.dumps(sel.describe())}) matched none of the {plan.total_cells} cells",
             hint="loosen the filters",
         )
     suite = plan.suite
-    folder = out if out is not None else default_run_dir(suite.root, suite.path)
+    name = run_name(suite.path, suite.description)
+    folder = out if out is not None else default_run_dir(suite.root, suite.path, name)
     check_run_dir(folder)
     cache_opts = cache or CacheOptions()
     result_cache = _open_cache(cache_opts, suite.root)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
+    lock: RunLock | None = None
     try:
+        lock = RunLock(folder)
         writer = RunWriter(folder)
-    except OSError as exc:
+    except (OSError, PromptlabError) as exc:
         if result_cache is not None:
             result_cache.close()
+        if lock is not None:
+            lock.release()
+        if isinstance(exc, PromptlabError):
+            raise
         raise PromptlabError(
             f"{folder}: cannot create the run folder: {exc.strerror or exc}",
             hint="choose a writable folder with -o",
@@ -174,6 +228,7 @@ def run(
             "path": _rel(suite.path, suite.root),
             "sha256": suite.sha256,
             "description": suite.description,
+            "name": name,  # what the run folder and `promptlab history NAME` call it
         },
         "project_root": str(suite.root),
         "git": git_state(suite.root),
@@ -204,6 +259,7 @@ def run(
                 "refresh": cache_opts.refresh,
                 "path": str(cache_opts.path) if cache_opts.path else None,
             },
+            "skip_unsupported": skip_unsupported,
         },
         "host": {
             "platform": platform.platform(),
@@ -211,9 +267,11 @@ def run(
             "machine": platform.machine(),
         },
         "notes": suite.notes,
+        # What --skip-unsupported left out: a partial run says so, in the reports too.
+        "skipped": suite.skipped,
         "code": _code_record(plan, granted),
     }
-    return _execute(plan, writer, manifest, result_cache, progress, folder)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
 
 
 def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
@@ -229,6 +287,78 @@ def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
     return Cache(opts.path or default_cache_path(root), read=not opts.refresh, write=True)
 
 
+def measure_load(seconds: float = 0.1) -> float | None:
+    """How many CPUs' worth of work other processes did over `seconds` (Linux: /proc/stat),
+    else the 1-minute load average; None where neither is known."""
+    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+
+    before = tuning._cpu_snapshot()
+    if before is not None:
+        time.sleep(seconds)
+        share = tuning._others_share(before)
+        if share is not None:
+            return share * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+# Other processes' load, in CPUs, above which llama.cpp's spinning threads stop scaling: each
+# thread waits for the slowest at every barrier, so one preempted thread stalls them all.
+BUSY_CPUS = 0.5
+
+
+def check_threads(
+    plan: Plan, measure: Callable[[], float | None] | None = None
+) -> dict[str, Any] | None:
+    """When a model's n_threads is promptlab's default (every usable CPU), sample the machine's
+    load and, where other processes already keep CPUs busy, add a note that says so and how to
+    set n_threads. The thread count itself is left alone: it is part of the cache key, so a
+    choice made from a passing load would make reruns miss the cache. Returns what the manifest
+    records (None when every model's n_threads comes from the suite or a fake backend)."""
+    chosen = {label: spec for label, spec in _user_threads(plan).items() if spec is None}
+    models = [
+        m
+        for m in plan.models
+        if m.label in chosen and not is_fake(m.spec_path) and m.settings.n_threads > 1
+    ]
+    if not models:
+        return None
+    cpus = usable_cpus()
+    busy = (measure or measure_load)()
+    record: dict[str, Any] = {
+        "cpus": cpus,
+        "others_busy_cpus": None if busy is None else round(busy, 2),
+        "default_n_threads": {m.label: m.settings.n_threads for m in models},
+        "warned": False,
+    }
+    if busy is None or busy < BUSY_CPUS:
+        return record
+    over = [m for m in models if m.settings.n_threads + busy > cpus + BUSY_CPUS]
+    if not over:
+        return record
+    advice = max(1, int(cpus - busy + 0.5))
+    labels = ", ".join(f"'{m.label}'" for m in over)
+    record["warned"] = True
+    record["suggested_n_threads"] = advice
+    plan.suite.notes.append(
+        f"the machine is busy: other processes keep ~{busy:.1f} of its {cpus} CPUs working, and "
+        f"model {labels} uses n_threads {over[0].settings.n_threads} (every CPU, the default); "
+        "llama.cpp threads that compete for CPUs can make a run several times slower; "
+        f"set n_threads: {advice} on the model in the suite, or measure with `promptlab tune`"
+    )
+    return record
+
+
+def _user_threads(plan: Plan) -> dict[str, int | None]:
+    """n_threads as each model's suite entry sets it (None: promptlab's default)."""
+    out: dict[str, int | None] = {m.label: m.spec.n_threads for m in plan.suite.models}
+    for pm in plan.models:  # a --model override is not among the suite's entries
+        out.setdefault(pm.label, None)
+    return out
+
+
 def _execute(
     plan: Plan,
     writer: RunWriter,
@@ -236,7 +366,37 @@ def _execute(
     result_cache: Cache | None,
     progress: Progress | None,
     folder: Path,
+    lock: RunLock | None,
+    show_notes: NotesFn | None,
 ) -> RunResult:
+    try:
+        return _execute_locked(plan, writer, manifest, result_cache, progress, folder, show_notes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _execute_locked(
+    plan: Plan,
+    writer: RunWriter,
+    manifest: dict[str, Any],
+    result_cache: Cache | None,
+    progress: Progress | None,
+    folder: Path,
+    show_notes: NotesFn | None,
+) -> RunResult:
+    try:
+        threads = check_threads(plan)
+    except BaseException:
+        writer.close()
+        if result_cache is not None:
+            result_cache.close()
+        raise
+    if threads is not None:
+        manifest["threads"] = threads
+    shown = len(plan.suite.notes)
+    if show_notes is not None and shown:
+        show_notes(list(plan.suite.notes))
     writer.write_manifest(manifest)
 
     def on_model(record: dict[str, Any]) -> None:
@@ -258,11 +418,16 @@ def _execute(
         raise
     finally:
         writer.close()
-        manifest["status"] = status
+        # "complete" only once the reports exist: a run killed while they are written says
+        # "reporting", which --resume finishes (no cells left, the reports rebuilt).
+        manifest["status"] = "reporting" if status == "complete" else status
         manifest["finished_at"] = _now()
         # A resumed run adds this session's counts to the earlier sessions'.
         manifest["prefix_reuse"] = _merge_counts(manifest.get("prefix_reuse"), stats.prefix_reuse())
         if result_cache is not None:
+            cache_note = result_cache.note()
+            if cache_note:
+                plan.suite.notes.append(cache_note)
             session = result_cache.stats() | {"rows_from_cache": stats.cached}
             manifest["cache"] = _merge_counts(manifest.get("cache"), session)
             result_cache.close()
@@ -272,12 +437,16 @@ def _execute(
     from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     reports = build_reports(folder)
+    if status == "complete":
+        manifest["status"] = status
+        writer.write_manifest(manifest)
     # The totals cover the whole run folder (a resumed run includes the earlier cells).
     stats.cells = reports.totals["cells"]
     stats.passed, stats.failed, stats.errors = (
         reports.totals[k] for k in ("passed", "failed", "errors")
     )
-    return RunResult(folder, status, stats, reports, plan.suite.notes, error)
+    stats.unchecked = reports.totals.get("unchecked", 0)
+    return RunResult(folder, status, stats, reports, plan.suite.notes, error, shown)
 
 
 def _merge_counts(before: Any, now: dict[str, Any]) -> dict[str, Any]:
@@ -299,14 +468,43 @@ def resume(
     progress: Progress | None = None,
     argv: list[str] | None = None,
     allow_code: bool = False,
+    notes: NotesFn | None = None,
 ) -> RunResult:
     """Finish an interrupted run in place: plan the same cells, skip those already stored.
 
+    The run folder stays locked from before its results are read until its reports are written,
+    so a second resume of the same folder is refused instead of appending the same cells again.
+
     Consent to run code is asked again (`allow_code`, the environment, a trusted project): a run
     folder is a file like any other, so its manifest cannot grant it."""
+    from promptlab.store import read_manifest  # noqa: PLC0415
+
+    read_manifest(folder)  # a folder that holds no run gets no lock file either
+    try:
+        lock = RunLock(folder)
+    except OSError as exc:
+        raise PromptlabError(
+            f"{folder}: cannot lock the run folder: {exc.strerror or exc}",
+            hint="make it writable, then resume again",
+        ) from None
+    try:
+        return _resume_locked(folder, lock, progress, argv, allow_code, notes)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _resume_locked(
+    folder: Path,
+    lock: RunLock,
+    progress: Progress | None,
+    argv: list[str] | None,
+    allow_code: bool,
+    notes: NotesFn | None,
+) -> RunResult:
     from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder)  # again: a writer that just let go may have changed it
     args = manifest.get("run_args")
     if not isinstance(args, dict):
         raise InputError(
@@ -323,7 +521,11 @@ def resume(
         raw_sel["cells"] = frozenset(raw_sel["cells"])
     sel = Selection(**raw_sel)
     plan, granted = prepare_run(
-        Path(args["suite"]), model=args.get("model"), allow_code=allow_code, selection=sel
+        Path(args["suite"]),
+        model=args.get("model"),
+        allow_code=allow_code,
+        selection=sel,
+        skip_unsupported=bool(args.get("skip_unsupported", False)),
     )
     changed = sorted(
         name
@@ -365,7 +567,7 @@ def resume(
     manifest["status"] = "running"
     manifest["command"] = argv if argv is not None else sys.argv
     manifest["code"] = _code_record(plan, granted)
-    return _execute(plan, writer, manifest, result_cache, progress, folder)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
 
 
 def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:

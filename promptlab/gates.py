@@ -3,7 +3,10 @@
 Gates decide the exit code when any is given: 0 when all hold (even if some cells failed), 100
 when one fails. Without gates the usual rule applies (100 when any cell failed or errored).
 
-- `--fail-under RATE`: the overall pass rate (passed / cells, errors count as failures);
+Outputs that no check gated ("no checks", status `unchecked`) are neither passes nor failures:
+they count in no rate and never fail a run, so a suite without checks exits 0.
+
+- `--fail-under RATE`: the overall pass rate (passed / checked cells, errors count as failures);
   `--fail-under NAME=RATE`: the mean of the named metric NAME (`metric:` on checks) over the cells
   that report it; `score=RATE` is the mean cell score.
 - `--max-regression POINTS`: no variant (model x prompt x setting) present in both this run and
@@ -25,6 +28,7 @@ from promptlab.errors import ExitCode, InputError
 from promptlab.store import atomic_write
 
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+UNCHECKED = "unchecked"  # see promptlab.report.UNCHECKED
 
 
 @dataclass(frozen=True)
@@ -135,11 +139,12 @@ def _mean(values: list[float]) -> float | None:
 
 def check_fail_under(rows: list[dict[str, Any]], threshold: Threshold) -> GateResult:
     metric = threshold.metric
+    checked = [r for r in rows if r.get("status") != UNCHECKED]
     if metric is None:
-        value = _mean([float(r.get("status") == "pass") for r in rows])
+        value = _mean([float(r.get("status") == "pass") for r in checked])
         what = "pass rate"
     elif metric == "score" and not any("score" in (r.get("named_scores") or {}) for r in rows):
-        value = _mean([float(r.get("score") or 0.0) for r in rows])
+        value = _mean([float(r.get("score") or 0.0) for r in checked])
         what = "mean score"
     else:
         value = _mean(
@@ -162,13 +167,14 @@ def check_fail_under(rows: list[dict[str, Any]], threshold: Threshold) -> GateRe
                 + (f" (metrics: {', '.join(known)})" if known else " (this run has no metrics)"),
             )
     if value is None:
+        why = "no cell has a check" if rows else "no cells"
         return GateResult(
             "fail-under",
             threshold.target,
             threshold.value,
             None,
             False,
-            f"--fail-under: no cells to measure the {what} on",
+            f"--fail-under: {why} to measure the {what} on",
         )
     ok = value >= threshold.value
     verb = "is at least" if ok else "is below"
@@ -231,7 +237,7 @@ def conclude(
     if opts.active:
         code = ExitCode.OK if all(g.passed for g in results) else ExitCode.ASSERTIONS_FAILED
     else:
-        clean = all(r.get("status") == "pass" for r in rows)
+        clean = not any(r.get("status") in ("fail", "error") for r in rows)
         code = ExitCode.OK if clean else ExitCode.ASSERTIONS_FAILED
     if junit is not None:
         write_junit(junit, rows, manifest or {})
@@ -265,7 +271,13 @@ def junit_xml(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
         suite = suites.get(classname)
         if suite is None:
             suite = suites[classname] = ET.SubElement(root, "testsuite", name=_xml(classname))
-            counts[classname] = {"tests": 0, "failures": 0, "errors": 0, "time": 0.0}
+            counts[classname] = {
+                "tests": 0,
+                "failures": 0,
+                "errors": 0,
+                "skipped": 0,
+                "time": 0.0,
+            }
         name = str(row.get("test"))
         if repeats:
             name += f" (repeat {row.get('repeat', 0)})"
@@ -286,6 +298,9 @@ def junit_xml(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
             message = str(row.get("error") or "error")
             err = ET.SubElement(case, "error", message=_xml(message), type="error")
             err.text = _xml(message)
+        elif status == UNCHECKED:
+            tally["skipped"] += 1  # JUnit's word for a case that neither passed nor failed
+            ET.SubElement(case, "skipped", message="no checks")
         elif status != "pass":
             tally["failures"] += 1
             failed = [c for c in row.get("checks") or [] if not c.get("pass")]
@@ -295,13 +310,12 @@ def junit_xml(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
             fail.text = _xml("\n".join(lines) or "failed")
         out = ET.SubElement(case, "system-out")
         out.text = _xml(row.get("output") or "")
-    total = {"tests": 0, "failures": 0, "errors": 0}
+    total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for classname, suite in suites.items():
         tally = counts[classname]
-        for key in ("tests", "failures", "errors"):
+        for key in ("tests", "failures", "errors", "skipped"):
             suite.set(key, str(int(tally[key])))
             total[key] += int(tally[key])
-        suite.set("skipped", "0")
         suite.set("time", f"{tally['time']:.3f}")
     for key, value in total.items():
         root.set(key, str(value))
@@ -352,14 +366,14 @@ def summary_json(
     reports: dict[str, Path | None],
     error: str | None = None,
 ) -> str:
-    cells = totals.get("cells") or 0
+    checked = (totals.get("cells") or 0) - (totals.get("unchecked") or 0)
     data = {
         "run": str(folder),
         "status": status,
         "error": error,
         "totals": {
             **totals,
-            "pass_rate": round(totals.get("passed", 0) / cells, 4) if cells else None,
+            "pass_rate": round(totals.get("passed", 0) / checked, 4) if checked else None,
         },
         "summary": summary,
         "comparisons": comparisons,

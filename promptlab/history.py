@@ -25,14 +25,17 @@ from promptlab.store import MANIFEST, read_results
 class Rate:
     passed: int = 0
     cells: int = 0
+    unchecked: int = 0  # of the cells: outputs no check gated, left out of the rate
 
     @property
     def rate(self) -> float | None:
-        return self.passed / self.cells if self.cells else None
+        checked = self.cells - self.unchecked
+        return self.passed / checked if checked else None
 
-    def add(self, passed: bool) -> None:
+    def add(self, status: object) -> None:
         self.cells += 1
-        self.passed += passed
+        self.passed += status == "pass"
+        self.unchecked += status == "unchecked"
 
 
 @dataclass
@@ -99,16 +102,17 @@ def _load(folder: Path) -> RunInfo:
         info.problem = exc.one_line()
         return info
     for row in rows:
-        passed = row.get("status") == "pass"
-        info.overall.add(passed)
-        info.per_prompt.setdefault(str(row.get("prompt")), Rate()).add(passed)
+        status = row.get("status")
+        info.overall.add(status)
+        info.per_prompt.setdefault(str(row.get("prompt")), Rate()).add(status)
     return info
 
 
 def suite_matches(info: RunInfo, query: str, project: Path) -> bool:
-    """SUITE is a suite file (as a path) or a suite name (the file's stem)."""
+    """SUITE is a suite file (as a path) or a suite name: the file's stem, or the run name
+    (store.run_name: the description's slug for a generic promptfooconfig.yaml)."""
     recorded = info.suite
-    if recorded in (query, Path(query).as_posix()) or Path(recorded).stem == query:
+    if recorded in (query, Path(query).as_posix()) or query in (Path(recorded).stem, _name(info)):
         return True
     path = Path(query)
     args = info.manifest.get("run_args") or {}
@@ -120,6 +124,25 @@ def suite_matches(info: RunInfo, query: str, project: Path) -> bool:
         return any(c.resolve() == target for c in candidates)
     except OSError:
         return False
+
+
+def _name(info: RunInfo) -> str | None:
+    suite = info.manifest.get("suite")
+    name = suite.get("name") if isinstance(suite, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def project_for(suite: str | None, cwd: Path) -> Path:
+    """Whose runs `promptlab history SUITE` lists: a SUITE that is a file belongs to the project
+    around it (where `promptlab run SUITE` put its runs, wherever it was typed); else the
+    project around the current folder."""
+    from promptlab.files import find_project_root  # noqa: PLC0415
+
+    if suite is not None:
+        path = Path(suite).expanduser()
+        if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+            return find_project_root(path.resolve().parent)
+    return find_project_root(cwd)
 
 
 def history(project: Path, suite: str | None = None, runs: Iterable[Path] = ()) -> History:

@@ -28,9 +28,13 @@ import json
 import math
 from functools import cache
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
+from promptlab.store import GENERIC_STEMS
+
 PAGE_SIZE = 50  # tests per grid page (the reader can pick 25-500)
+GOOD_RATE = 0.8  # the top variant is tinted green from this pass rate (the terminal's green too)
 
 
 def _text(value: Any) -> str:
@@ -192,9 +196,16 @@ def _compact(row: dict[str, Any], pool: _Pool) -> dict[str, Any]:
     return cell
 
 
+UNCHECKED = "unchecked"  # no check gated the output: shown as "no checks", never as a pass
+_NOT_FAILED = ("pass", UNCHECKED)
+
+
 def _outcome(statuses: list[str]) -> str:
-    passed = sum(s == "pass" for s in statuses)
-    return "pass" if passed == len(statuses) else "fail" if passed == 0 else "mixed"
+    if all(s == UNCHECKED for s in statuses):
+        return UNCHECKED
+    checked = [s for s in statuses if s != UNCHECKED]
+    passed = sum(s == "pass" for s in checked)
+    return "pass" if passed == len(checked) else "fail" if passed == 0 else "mixed"
 
 
 def grid_data(
@@ -238,7 +249,7 @@ def grid_data(
     for test in tests.values():
         ran = [[rep["s"] for rep in cell] for cell in test["cells"] if cell]
         outcomes = {_outcome(statuses) for statuses in ran}
-        test["failing"] = any(s != "pass" for statuses in ran for s in statuses)
+        test["failing"] = any(s not in _NOT_FAILED for statuses in ran for s in statuses)
         test["disagree"] = len(outcomes) > 1
         test["flaky"] = "mixed" in outcomes
     return {
@@ -299,11 +310,15 @@ def _summary_html(summary: list[dict[str, Any]]) -> str:
     ]
     head = ["#", "model", "prompt", *(["setting"] if settings else [])]
     head_html = "".join(f"<th>{_e(h)}</th>" for h in head)
+    unchecked = any(rec.get("unchecked") for rec in summary)
     head_html += (
         '<th title="with its 95% Wilson interval">pass rate</th>'
         '<th title="with its bootstrap interval">mean score</th>'
         '<th class="num">passed</th><th class="num">failed</th><th class="num">errors</th>'
     )
+    if unchecked:
+        head_html += '<th class="num" title="outputs no check gated: not passes">no checks</th>'
+
     head_html += "".join(f'<th class="num" title="{_e(tip)}">{_e(t)}</th>' for _, t, tip in extra)
     head_html += '<th class="num">latency</th><th class="num">tok/s</th>'
     head_html += "".join(f'<th class="num">{_e(m.removeprefix("metric_"))}</th>' for m in metrics)
@@ -322,10 +337,13 @@ def _summary_html(summary: list[dict[str, Any]]) -> str:
         if settings:
             cells.append(f'<td class="mono">{_e(rec.get("setting"))}</td>')
         bar = f'<span class="minibar"><i style="width:{(rate or 0) * 100:.1f}%"></i></span>'
-        cells.append(
-            f'<td class="num rate">{bar}<b>{_pct(rate)}</b>'
-            f"{_interval(rec.get('pass_rate_lo'), rec.get('pass_rate_hi'), 'pct')}</td>"
-        )
+        if rate is None:  # no check gated any of its outputs: no rate, least of all 100%
+            cells.append('<td class="num rate muted">no checks</td>')
+        else:
+            cells.append(
+                f'<td class="num rate">{bar}<b>{_pct(rate)}</b>'
+                f"{_interval(rec.get('pass_rate_lo'), rec.get('pass_rate_hi'), 'pct')}</td>"
+            )
         cells.append(
             f'<td class="num">{"" if score is None else f"{score:.3f}"}'
             f"{_interval(rec.get('mean_score_lo'), rec.get('mean_score_hi'), 'score')}</td>"
@@ -333,14 +351,21 @@ def _summary_html(summary: list[dict[str, Any]]) -> str:
         cells += [f'<td class="num">{_e(rec.get(k, ""))}</td>' for k in ("passed", "failed")]
         errors = rec.get("errors", "")
         cells.append(f'<td class="num{" warn" if errors else ""}">{_e(errors)}</td>')
+        if unchecked:
+            cells.append(f'<td class="num">{_e(rec.get("unchecked") or 0)}</td>')
         cells += [f'<td class="num">{_pct(rec.get(k))}</td>' for k, _, _ in extra]
         cells.append(f'<td class="num">{"" if lat is None else f"{lat:,.0f} ms"}</td>')
         cells.append(f'<td class="num">{"" if tps is None else f"{tps:,.1f}"}</td>')
         for m in metrics:
             value = _num(rec.get(m))
             cells.append(f'<td class="num">{"" if value is None else f"{value:.3f}"}</td>')
-        top = ' class="top"' if shown == 1 else ""
-        out.append(f"<tr{top}>{''.join(cells)}</tr>")
+        # The first rank is marked; only a rate worth having is tinted green (a ranking of
+        # variants that all fail still has a first, and it is no success).
+        classes = (["top"] if shown == 1 else []) + (
+            ["good"] if shown == 1 and rate is not None and rate >= GOOD_RATE else []
+        )
+        attr = f' class="{" ".join(classes)}"' if classes else ""
+        out.append(f"<tr{attr}>{''.join(cells)}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -449,17 +474,19 @@ def _verdicts_html(comparisons: list[dict[str, Any]] | None) -> str:
 
 def _kpis(rows: list[dict[str, Any]], data: dict[str, Any]) -> str:
     total = len(rows)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "error")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "error", UNCHECKED)}
+    checked = total - counts[UNCHECKED]
     tests = data["tests"]
     tiles = [
         ("cells", f"{total:,}", ""),
         (
-            f"passed · {counts['pass'] / total:.0%}" if total else "passed",
+            f"passed · {counts['pass'] / checked:.0%}" if checked else "passed",
             f"{counts['pass']:,}",
-            "pass",
+            "pass" if counts["pass"] else "",
         ),
         ("failed", f"{counts['fail']:,}", "fail" if counts["fail"] else ""),
         ("errors", f"{counts['error']:,}", "error" if counts["error"] else ""),
+        *([("no checks", f"{counts[UNCHECKED]:,}", "")] if counts[UNCHECKED] else []),
         ("tests", f"{len(tests):,}", ""),
         ("variants", f"{len(data['variants']):,}", ""),
     ]
@@ -503,7 +530,7 @@ def _footer_html(manifest: dict[str, Any]) -> str:
         ("git", git_text),
         ("started", manifest.get("started_at")),
         ("finished", manifest.get("finished_at")),
-        ("status", manifest.get("status")),
+        ("status", "complete" if manifest.get("status") == "reporting" else manifest.get("status")),
     ]
     if manifest.get("error"):
         items.append(("error", manifest["error"]))
@@ -603,6 +630,22 @@ _TOOLBAR = """
 """
 
 
+def page_title(manifest: dict[str, Any]) -> str:
+    """The suite's description, else the run's name (store.run_name), else the suite file's
+    name: never promptfooconfig.yaml when something better is known."""
+    suite = manifest.get("suite") or {}
+    for value in (suite.get("description"), suite.get("name")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    path = suite.get("path")
+    if isinstance(path, str) and path:
+        file = PurePosixPath(path.replace("\\", "/"))
+        if file.stem.lower() in GENERIC_STEMS and file.parent.name:
+            return file.parent.name
+        return file.stem or path
+    return "promptlab run"
+
+
 def render_html(
     manifest: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -610,15 +653,26 @@ def render_html(
     comparisons: list[dict[str, Any]] | None = None,
 ) -> str:
     suite = manifest.get("suite") or {}
-    title = suite.get("description") or suite.get("path") or "promptlab run"
-    total = len(rows)
+    title = page_title(manifest)
+    checked = sum(r["status"] != UNCHECKED for r in rows)
     passed = sum(r["status"] == "pass" for r in rows)
     status = manifest.get("status", "")
-    note = "" if status in ("complete", "") else f" · <b>{_e(status)}</b>"
+    # This page is written while the run says "reporting"; it ends "complete" once the page is
+    # on disk, so that is what the page says.
+    note = "" if status in ("complete", "reporting", "") else f" · <b>{_e(status)}</b>"
     git = manifest.get("git") or {}
     commit = str(git.get("commit") or "")[:10]
     sub = [_e(suite["path"])] if suite.get("path") else []
-    sub.append(f"{passed}/{total} cells passed{note}")
+    unchecked = len(rows) - checked
+    sub.append(
+        f"{passed}/{checked} cells passed"
+        + (f", {unchecked} with no checks" if unchecked else "")
+        + note
+    )
+    skipped = manifest.get("skipped")
+    if isinstance(skipped, list) and skipped:
+        # --skip-unsupported: a partial run must not read as a full one.
+        sub.append(f"<b>{len(skipped)} skipped (--skip-unsupported): a partial run</b>")
     if manifest.get("started_at"):
         sub.append(_e(str(manifest["started_at"]).replace("T", " ")[:19]))
     if commit:

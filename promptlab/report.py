@@ -21,6 +21,8 @@ from promptlab import stats
 from promptlab.html import render_html
 from promptlab.store import StoreError, atomic_write, read_manifest, read_results
 
+UNCHECKED = "unchecked"  # a row's status when no check gated its output ("no checks")
+
 PARAM_COLUMNS = (
     "temperature",
     "top_p",
@@ -168,9 +170,12 @@ STAT_COLUMNS = (
 
 
 def _stat_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows promptlab.stats needs, from results_frame's columns."""
+    """The rows promptlab.stats needs, from results_frame's columns. Outputs no check gated
+    are left out: they are neither passes nor failures, so they have no place in a pass rate,
+    an interval or a verdict."""
     cols = ["model", "prompt", "setting", "test_index", "status", "score"]
-    rows: list[dict[str, Any]] = df[cols].to_dict(orient="records")
+    checked = df[df["status"] != UNCHECKED]
+    rows: list[dict[str, Any]] = checked[cols].to_dict(orient="records")
     return rows
 
 
@@ -220,6 +225,7 @@ def summary_frame(df: pd.DataFrame, variants: list[dict[str, Any]] | None = None
         "passed",
         "failed",
         "errors",
+        "unchecked",
         "pass_rate",
         "pass_rate_lo",
         "pass_rate_hi",
@@ -246,12 +252,15 @@ def summary_frame(df: pd.DataFrame, variants: list[dict[str, Any]] | None = None
         passed=("status", lambda s: int((s == "pass").sum())),
         failed=("status", lambda s: int((s == "fail").sum())),
         errors=("status", lambda s: int((s == "error").sum())),
+        unchecked=("status", lambda s: int((s == UNCHECKED).sum())),
         mean_score=("score", "mean"),
         mean_latency_ms=("latency_ms", "mean"),
         mean_tokens_per_s=("tokens_per_s", "mean"),
         completion_tokens=("completion_tokens", "sum"),
     ).reset_index()
-    out["pass_rate"] = out["passed"] / out["cells"]
+    # Over the outputs a check gated; a variant without any has no pass rate at all (empty).
+    checked = out["cells"] - out["unchecked"]
+    out["pass_rate"] = (out["passed"] / checked.where(checked > 0)).astype(float)
     out["mean_latency_ms"] = out["mean_latency_ms"].round(1)
     out["mean_tokens_per_s"] = out["mean_tokens_per_s"].round(1)
     out["pass_rate"] = out["pass_rate"].round(4)
@@ -263,7 +272,7 @@ def summary_frame(df: pd.DataFrame, variants: list[dict[str, Any]] | None = None
     by_key = {(v["model"], v["prompt"], v["setting"]): v for v in variants}
     keys = zip(out["model"], out["prompt"], out["setting"], strict=True)
     extra = pd.DataFrame.from_records(
-        [{name: by_key[key][name] for name in STAT_COLUMNS} for key in keys],
+        [{name: by_key.get(key, {}).get(name) for name in STAT_COLUMNS} for key in keys],
         columns=list(STAT_COLUMNS),
     )
     for name in STAT_COLUMNS:
@@ -374,6 +383,7 @@ def build_reports(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
         "passed": sum(r["status"] == "pass" for r in rows),
         "failed": sum(r["status"] == "fail" for r in rows),
         "errors": sum(r["status"] == "error" for r in rows),
+        "unchecked": sum(r["status"] == UNCHECKED for r in rows),
     }
     return ReportFiles(
         folder,

@@ -9,15 +9,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from promptlab.errors import InputError, PromptlabError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded against a second writer
+    fcntl = None  # type: ignore[assignment]
+
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 class StoreError(PromptlabError):
@@ -32,8 +40,23 @@ def _store_error(path: Path, exc: OSError) -> StoreError:
     )
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux), since
+    setting it to read it back races with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and rename, so readers never see a partial file.
+
+    The file gets the mode any new file would (0666 less the umask), like results.jsonl:
+    mkstemp's 0600 would hide reports from the group a project is shared with.
 
     An OSError (disk full, read-only folder) leaves the old file in place and becomes a
     StoreError."""
@@ -43,6 +66,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except OSError as exc:
         raise _store_error(path, exc) from None
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         Path(tmp).replace(path)
@@ -54,9 +78,51 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def default_run_dir(root: Path, suite: Path) -> Path:
+# File names that say nothing about the suite: promptfoo calls every config promptfooconfig.yaml,
+# so runs named after them would all be promptfooconfig-<time>, whatever project they belong to.
+GENERIC_STEMS = frozenset(
+    {
+        "promptfooconfig",
+        "promptfoo",
+        "promptlab",
+        "config",
+        "suite",
+        "eval",
+        "evals",
+        "evaluation",
+        "test",
+        "tests",
+        "default",
+    }
+)
+_MAX_NAME = 48
+
+
+def slug(text: str) -> str:
+    """Lowercase letters, digits and single dashes: safe in a folder name on every system."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    words = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return words[:_MAX_NAME].rstrip("-")
+
+
+def run_name(suite: Path, description: str | None = None) -> str:
+    """What runs of `suite` are called (run folders, `promptlab history NAME`): the file's stem,
+    or where that is generic (promptfooconfig.yaml) a slug of the suite's description, else of
+    its folder's name."""
+    stem = suite.stem
+    if stem.lower() not in GENERIC_STEMS:
+        return stem
+    folder = suite.resolve().parent.name
+    for candidate in (description or "", folder):
+        name = slug(candidate)
+        if name and name not in GENERIC_STEMS:
+            return name
+    return stem
+
+
+def default_run_dir(root: Path, suite: Path, name: str | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / "results" / f"{suite.stem}-{stamp}"
+    base = root / "results" / f"{name or suite.stem}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -82,6 +148,55 @@ def check_run_dir(path: Path) -> None:
         raise InputError(
             f"-o {path}: already holds a run", hint="choose another folder or delete this one"
         )
+
+
+class RunLocked(PromptlabError):
+    """Another promptlab process is writing this run folder: exit 1, nothing written."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the whole run or resume, reports included.
+
+    Two `run --resume` of one folder would otherwise both append the cells left (222 rows for
+    120 cells). flock is advisory, taken without waiting, and released by the kernel when the
+    process dies, so a kill -9 never leaves a stale lock behind; the lock file stays, holding
+    the pid of its last holder for the refusal message."""
+
+    def __init__(self, folder: Path) -> None:
+        """Raises RunLocked when another process holds it, OSError when the folder cannot be
+        created or the lock file opened."""
+        self.folder = folder
+        self._fd: int | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            by = f" (pid {holder})" if holder else ""
+            raise RunLocked(
+                f"{folder}: another promptlab process{by} is writing this run",
+                hint="wait for it to finish, or stop it; then `promptlab run --resume` "
+                "picks up what is left",
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the last descriptor drops the flock
+
+
+def _lock_holder(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode("ascii").strip() or "x")
+    return None
 
 
 class RunWriter:

@@ -245,7 +245,14 @@ def test_format_json_prints_only_json(suite: Path, cli: Cli, project: Project) -
     assert r.code == 0, r.err
     data = json.loads(r.out)  # the whole of stdout is one JSON document
     assert data["status"] == "complete"
-    assert data["totals"] == {"cells": 5, "passed": 3, "failed": 1, "errors": 1, "pass_rate": 0.6}
+    assert data["totals"] == {
+        "cells": 5,
+        "passed": 3,
+        "failed": 1,
+        "errors": 1,
+        "unchecked": 0,
+        "pass_rate": 0.6,
+    }
     assert [s["prompt"] for s in data["summary"]] == ["plain"]
     assert data["summary"][0]["pass_rate"] == 0.6
     assert data["gates"]["passed"] is True

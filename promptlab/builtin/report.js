@@ -33,14 +33,21 @@
   /* --- cells -------------------------------------------------------------------------------- */
 
   function summarize(reps) {
-    var passed = 0, errors = 0;
-    reps.forEach(function (r) { if (r.s === 'pass') passed++; else if (r.s === 'error') errors++; });
-    var status = passed === reps.length ? 'pass' : passed > 0 ? 'mixed' :
-      errors === reps.length ? 'error' : 'fail';
+    // Repeats with no checks ('unchecked') are neither passes nor failures.
+    var passed = 0, errors = 0, unchecked = 0;
+    reps.forEach(function (r) {
+      if (r.s === 'pass') passed++; else if (r.s === 'error') errors++;
+      else if (r.s === 'unchecked') unchecked++;
+    });
+    var checked = reps.length - unchecked;
+    var status = checked === 0 ? 'unchecked' : passed === checked ? 'pass' :
+      passed > 0 ? 'mixed' : errors === checked ? 'error' : 'fail';
     // The repeat a cell shows: the first that did not pass, so a flaky cell shows its failure.
-    var shown = reps.filter(function (r) { return r.s !== 'pass'; })[0] || reps[0];
-    return { passed: passed, status: status, shown: shown };
+    var shown = reps.filter(function (r) { return r.s !== 'pass' && r.s !== 'unchecked'; })[0] ||
+      reps[0];
+    return { passed: passed, checked: checked, status: status, shown: shown };
   }
+  function label(status) { return status === 'unchecked' ? 'NO CHECKS' : status.toUpperCase(); }
 
   function meta(r) {
     var parts = [];
@@ -103,9 +110,9 @@
     var s = summarize(reps), r = s.shown;
     td.classList.add('st-' + s.status);
     td.tabIndex = 0;
-    var badge = reps.length > 1
-      ? el('span', 'badge ' + s.status, s.passed + '/' + reps.length + ' passed')
-      : el('span', 'badge ' + s.status, s.status.toUpperCase());
+    var badge = reps.length > 1 && s.checked
+      ? el('span', 'badge ' + s.status, s.passed + '/' + s.checked + ' passed')
+      : el('span', 'badge ' + s.status, label(s.status));
     var top = add(el('div', 'ctop'), badge, el('span', 'cmeta',
       (s.status === 'mixed' ? 'repeat ' + r.r + ' · ' : '') + meta(r)));
     add(td, top, outputNode(r, 'out', state.tokens));
@@ -295,7 +302,7 @@
 
   function renderRepeat(body, t, v, r) {
     body.replaceChildren();
-    var status = add(el('div', 'ctop'), el('span', 'badge ' + r.s, r.s.toUpperCase()),
+    var status = add(el('div', 'ctop'), el('span', 'badge ' + r.s, label(r.s)),
       el('span', 'cmeta', ['repeat ' + r.r, 'seed ' + str(r.sd), meta(r)].filter(Boolean).join(' · ')));
     if (r.ca) status.appendChild(el('span', 'pill cached', 'from cache'));
     body.appendChild(add(el('section', 'dsec'), status));
@@ -394,7 +401,7 @@
       reps.forEach(function (r, i) {
         var b = el('button');
         b.type = 'button';
-        add(b, el('span', 'm', r.s === 'pass' ? '✓ ' : '✗ '),
+        add(b, el('span', 'm', r.s === 'pass' ? '✓ ' : r.s === 'unchecked' ? '· ' : '✗ '),
           document.createTextNode('repeat ' + r.r + ' · seed ' + str(r.sd)));
         b.onclick = function () {
           Array.prototype.forEach.call(tabs.children, function (x) { x.classList.remove('on'); });
