@@ -35,7 +35,7 @@ from promptlab.files import read_text
 MAX_DEPTH = 100
 # As many values as a plain 10 MB suite holds; aliases may not multiply a file past it.
 MAX_EXPANDED_NODES = 1_000_000
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _line(node: yaml.Node) -> int:
 
 
 def surrogate_error(where: str, text: str) -> InputError:
-    found = _SURROGATE.search(text)
+    found = SURROGATE.search(text)
     code = f"\\u{ord(found.group()):04x}" if found else "a surrogate"
     return InputError(
         f"{where}: text holds a lone surrogate {code}, which is not valid Unicode",
@@ -143,7 +143,7 @@ class _GraphCheck:
         self.open.add(id(node))
         total = 1
         if isinstance(node, yaml.ScalarNode):
-            if _SURROGATE.search(node.value):
+            if SURROGATE.search(node.value):
                 raise surrogate_error(
                     f"{location(self.path, _line(node))}: {field_path(loc)}", node.value
                 )
@@ -214,6 +214,8 @@ def load_json(path: Path, text: str, line: int | None = None) -> Any:
     except json.JSONDecodeError as exc:
         at = line if line is not None else exc.lineno
         raise InputError(f"{location(path, at)}: invalid JSON: {exc.msg}") from None
+    except ValueError as exc:  # a number Python refuses to convert (over 4,300 digits)
+        raise InputError(f"{location(path, line)}: invalid JSON: {exc}") from None
     except RecursionError:
         raise InputError(
             f"{location(path, line)}: nesting deeper than {MAX_DEPTH} levels",
@@ -235,11 +237,11 @@ def check_data(data: Any, path: Path, line: int | None = None) -> None:
                 hint="flatten the structure",
             )
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if SURROGATE.search(value):
                 raise surrogate_error(f"{location(path, line)}: {field_path(loc)}", value)
         elif isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, str) and _SURROGATE.search(key):
+                if isinstance(key, str) and SURROGATE.search(key):
                     raise surrogate_error(f"{location(path, line)}: {field_path(loc)}", key)
                 stack.append((item, (*loc, str(key))))
         elif isinstance(value, list):

@@ -148,6 +148,63 @@ CASES = [
     ),
     pytest.param(
         Hostile(
+            {
+                SUITE: HEAD + "tests: file://t.jsonl\n",
+                "evals/t.jsonl": '{"vars": {"x": 1' + "0" * 5000 + "}}\n",
+            },
+            ("evals/t.jsonl:1:", "invalid JSON", "4300 digits"),
+        ),
+        id="jsonl-integer-of-5000-digits",
+    ),
+    pytest.param(
+        Hostile(
+            {SUITE: "prompts:\n  - \"{{ 'a' * 100000000000 }}\"\nmodels: [fake://echo]\n"},
+            ("evals/s.yaml", "refused: * makes a value past 67108864 items"),
+        ),
+        id="template-string-times-1e11",
+    ),
+    pytest.param(
+        Hostile(
+            {SUITE: 'prompts:\n  - "{{ 9 ** 100000 }}"\nmodels: [fake://echo]\n'},
+            ("evals/s.yaml", "refused: 9 ** 100000 is too large a number"),
+        ),
+        id="template-power-tower",
+    ),
+    pytest.param(
+        Hostile(
+            {
+                SUITE: 'prompts:\n  - "{{ '
+                + "(" * 500
+                + "1"
+                + ")" * 500
+                + ' }}"\nmodels: [fake://echo]\n'
+            },
+            ("evals/s.yaml:2:", "prompts[0]", "template nested too deeply"),
+        ),
+        id="template-nested-500-deep",
+    ),
+    pytest.param(
+        Hostile(
+            {
+                SUITE: "prompts:\n  - file://p.j2\nmodels: [fake://echo]\n",
+                "evals/p.j2": "{% include './p.j2' %}",
+            },
+            ("p.j2: recursion too deep (does it include itself?)",),
+        ),
+        id="template-includes-itself",
+    ),
+    pytest.param(
+        Hostile(
+            {
+                SUITE: "prompts:\n  - file://p.j2\nmodels: [fake://echo]\n",
+                "evals/p.j2": "{{ '\\udc80' }}",
+            },
+            ("p.j2: text holds a lone surrogate \\udc80",),
+        ),
+        id="template-renders-a-surrogate",
+    ),
+    pytest.param(
+        Hostile(
             {SUITE: 'prompts: ["Hi"]\nmodels: [{path: "fake://echo", n_threads: 1.0e+30}]\n'},
             ("evals/s.yaml:2:", "models[0].n_threads"),
         ),
