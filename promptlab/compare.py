@@ -127,6 +127,11 @@ def _passed(row: dict[str, Any]) -> bool:
     return row.get("status") == "pass"
 
 
+def _checked(row: dict[str, Any]) -> bool:
+    """False for an output no check gates ("unchecked"): neither a pass nor a failure."""
+    return row.get("status") != "unchecked"
+
+
 def _score(row: dict[str, Any]) -> float:
     """A cell's score for paired tests: errors count as 0, as in promptlab.stats."""
     value = row.get("score")
@@ -215,6 +220,10 @@ def variant_label(model: str, prompt: str, setting: str) -> str:
 
 
 def _kind(a: dict[str, Any], b: dict[str, Any]) -> str:
+    if not (_checked(a) and _checked(b)):
+        # Checks added or removed: no verdict to regress or fix, only a difference.
+        same = a.get("status") == b.get("status") and _out(a) == _out(b)
+        return "same" if same else "changed"
     if _passed(a) and not _passed(b):
         return "regression"
     if _passed(b) and not _passed(a):
@@ -322,8 +331,8 @@ def variant_deltas(diffs: Iterable[CellDiff]) -> list[VariantDelta]:
     """Paired tests per variant over the matched cells. A test's repeats form one unit."""
     groups: dict[tuple[str, str, str], dict[str, list[CellDiff]]] = {}
     for d in diffs:
-        if d.a is None or d.b is None:
-            continue
+        if d.a is None or d.b is None or not (_checked(d.a) and _checked(d.b)):
+            continue  # unchecked outputs count in no pass rate or paired test
         b = d.b
         test_key = json.dumps([b.get("test_index"), b.get("test"), b.get("vars")], default=str)
         groups.setdefault(d.variant, {}).setdefault(test_key, []).append(d)

@@ -472,3 +472,14 @@ def test_history_of_real_runs_sees_template_edits(project: Project, cli: Cli) ->
     r = cli("history", "caps")
     assert r.code == 0
     assert "templates changed: —" in r.out and "templates changed: plain" in r.out
+
+
+def test_unchecked_outputs_are_neither_regressions_nor_fixes() -> None:
+    # An output no check gates ("unchecked") is not a pass: losing or gaining checks is a
+    # change, and such cells stay out of the variant's pass counts and paired test.
+    a = [row("c0", 0, "pass", "x"), row("c1", 1, "unchecked", "y"), row("c2", 2, "pass", "z")]
+    b = [row("c0", 0, "unchecked", "x"), row("c1", 1, "pass", "y"), row("c2", 2, "fail", "z")]
+    kinds = {d.a["cell_id"]: d.kind for d in cmp.match(a, b) if d.a is not None}
+    assert kinds == {"c0": "changed", "c1": "changed", "c2": "regression"}
+    (variant,) = cmp.variant_deltas(cmp.match(a, b))
+    assert (variant.cells, variant.a_passed, variant.b_passed) == (1, 1, 0)
