@@ -13,6 +13,7 @@ Checks that need the model (choice, llm-rubric, similar with embeddings) reach i
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import math
@@ -312,6 +313,9 @@ def prepare(
             f"{where}: weight must be a number >= 0, got {weight}",
             hint="use 0 to report without gating",
         )
+    if threshold is not None and (threshold < 0 or not math.isfinite(threshold)):
+        # Every threshold is a pass mark on a non-negative scale (score, ms, tokens, distance).
+        raise InputError(f"{where}: threshold must be a finite number >= 0, got {threshold}")
     parsed_transform = transforms.parse(
         transform,
         where=where,
@@ -479,6 +483,32 @@ def _prep_python(
     return value, threshold
 
 
+def _list_string(text: str, where: str, named: str | None) -> Any:
+    """Choices written as one string: a JSON list, a Python-literal list of strings (promptfoo's
+    MMLU CSV holds "['True, True', 'False, False']"), or options separated by |. A string that
+    looks like a list but is neither is an error that says so, rather than one option."""
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return [part for part in text.split("|") if part]
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    try:
+        # a literal, never evaluated: only strings, numbers, lists and the like parse
+        value = ast.literal_eval(stripped)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    holder = f"the variable '{named}' holds" if named else "choices: is"
+    raise InputError(
+        f"{where}: {holder} a string, not a list: {_short(text)} is neither a JSON list nor a "
+        "list of quoted strings",
+        hint='write it as a list: ["A", "B"] (in a CSV cell: "[""A"", ""B""]" or "[\'A\', \'B\']")',
+    )
+
+
 def _prep_choice(
     type_: str,
     value: Any,
@@ -488,13 +518,11 @@ def _prep_choice(
     env: PrepareEnv,
 ) -> tuple[Any, float | None]:
     raw = opts.get("choices")
-    if isinstance(raw, str) and raw in env.variables:
-        raw = env.variables[raw]  # `choices: options` names a variable holding the list
+    named = raw if isinstance(raw, str) and raw in env.variables else None
+    if named is not None:
+        raw = env.variables[named]  # `choices: options` names a variable holding the list
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)  # a JSON list, e.g. from a CSV cell
-        except ValueError:
-            raw = [part for part in raw.split("|") if part]
+        raw = _list_string(raw, where, named)
     if not isinstance(raw, list) or len(raw) < 2:
         raise InputError(
             f"{where}: 'choice' needs choices: a list of at least two options (or the name of a variable holding one)",

@@ -45,6 +45,15 @@ AllowCodeOpt = Annotated[
         "or `promptlab trust`); a suite cannot allow itself",
     ),
 ]
+SkipOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unsupported",
+        help="Leave out each check, test or prompt that uses a promptfoo feature promptlab does "
+        "not run (cost, javascript, …) and run the rest; each is named in a note and recorded "
+        "in the manifest",
+    ),
+]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="Only the first N tests (after --filter)")
 ]
@@ -108,12 +117,20 @@ def init(
 
 
 @app.command()
-def validate(suite: SuiteArg, model: ModelOpt = None, allow_code: AllowCodeOpt = False) -> int:
+def validate(
+    suite: SuiteArg,
+    model: ModelOpt = None,
+    allow_code: AllowCodeOpt = False,
+    skip_unsupported: SkipOpt = False,
+) -> int:
     """Check a suite without loading a model or running its code: schema, files, templates,
-    variables, checks. (--allow-code only changes the note on what `run` would do.)"""
+    variables, checks. (--allow-code only changes the note on what `run` would do;
+    --skip-unsupported previews what `run --skip-unsupported` leaves out.)"""
     from promptlab import console, core
 
-    plan = core.prepare(suite, model=model, allow_code=allow_code)
+    plan = core.prepare(
+        suite, model=model, allow_code=allow_code, skip_unsupported=skip_unsupported
+    )
     console.print_notes(plan.suite.notes)
     console.print_validate(plan, suite)
     return 0
@@ -180,13 +197,16 @@ def run(
         typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
     ] = None,
     allow_code: AllowCodeOpt = False,
+    skip_unsupported: SkipOpt = False,
     fail_under: FailUnderOpt = None,
     max_regression: MaxRegressionOpt = None,
     baseline: BaselineOpt = None,
     junit: JunitOpt = None,
     output_format: FormatOpt = OutputFormat.text,
 ) -> int:
-    """Run every prompt × test × model, score the outputs and write reports."""
+    """Run every prompt × test × model, score the outputs and write reports.
+
+    Without SUITE: ./promptfooconfig.yaml, else the only suite in evals/."""
     from promptlab import console, core, gates
     from promptlab.compare import project_of
     from promptlab.errors import ExitCode, InputError
@@ -194,6 +214,8 @@ def run(
     from promptlab.plan import Selection
 
     argv = ["promptlab", *_argv]
+    if resume is None and suite is None:
+        suite = core.find_suite(Path())  # ./promptfooconfig.yaml, or the one suite in evals/
     if resume is not None:
         project = project_of(resume)
     else:
@@ -221,7 +243,13 @@ def run(
                 hint=f"promptlab run --resume {resume}",
             )
         with console.RichProgress() as progress:
-            result = core.resume(resume, progress=progress, argv=argv, allow_code=allow_code)
+            result = core.resume(
+                resume,
+                progress=progress,
+                argv=argv,
+                allow_code=allow_code,
+                notes=console.print_notes,
+            )
     else:
         if suite is None:
             raise InputError(
@@ -247,8 +275,10 @@ def run(
                 argv=argv,
                 allow_code=allow_code,
                 cache=cache,
+                notes=console.print_notes,
+                skip_unsupported=skip_unsupported,
             )
-    console.print_notes(result.notes)
+    console.print_notes(result.notes[result.notes_shown :])  # any the run itself added
     as_json = output_format is OutputFormat.json
     if not as_json:
         console.print_run(result)
@@ -309,6 +339,10 @@ def _conclude(
             )
         )
     return outcome
+
+
+# promptfoo's name for the same command, so `promptfoo eval` habits (and scripts) carry over.
+app.command("eval", help="promptfoo's name for `run`: the same command, the same options.")(run)
 
 
 @app.command()
@@ -385,9 +419,8 @@ def history(
     """List earlier runs from their manifests: date, commit, templates changed, pass rates."""
     from promptlab import console
     from promptlab import history as hist
-    from promptlab.files import find_project_root
 
-    found = hist.history(find_project_root(Path.cwd()), suite, runs or [])
+    found = hist.history(hist.project_for(suite, Path.cwd()), suite, runs or [])
     if template is not None:
         console.print_template_history(template, hist.template_history(found, template))
     else:
@@ -576,7 +609,8 @@ def main(argv: list[str] | None = None) -> None:
     except PromptlabError as exc:
         if _state["debug"] or "--debug" in args:
             raise
-        print(f"error: {visible(exc.one_line(), one_line=True)}", file=sys.stderr)
+        for line in exc.lines():  # one line per problem (several when a suite has several)
+            print(f"error: {visible(line, one_line=True)}", file=sys.stderr)
         code = int(exc.exit_code)
     except Exception as exc:
         if _state["debug"] or "--debug" in args:

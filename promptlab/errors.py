@@ -31,11 +31,47 @@ class PromptlabError(Exception):
         text = self.message if not self.hint else f"{self.message}; {self.hint}"
         return " ".join(text.split())  # one line, whatever the pieces contained
 
+    def lines(self) -> list[str]:
+        """What the CLI prints, one `error:` line each: a single line unless several problems
+        were found at once (see Problems)."""
+        return [self.one_line()]
+
 
 class InputError(PromptlabError):
     """Bad suite, template, test file, model path or argument: exit 2, nothing written."""
 
     exit_code = ExitCode.BAD_INPUT
+
+
+class Unsupported(InputError):
+    """A promptfoo feature that promptlab does not run (a `cost` or `javascript` check, a
+    JavaScript transform, a refused promptfoo key). Unlike other bad input, `--skip-unsupported`
+    can leave out what uses it and run the rest."""
+
+
+SKIP_HINT = "or leave it out and run the rest with --skip-unsupported"
+
+
+class Problems(InputError):
+    """Every problem found in one suite, so a user fixes them all in one round. Each keeps its own
+    `file:line: field: problem; fix` line; the last line counts them."""
+
+    def __init__(self, problems: list[InputError], file: str) -> None:
+        self.problems = problems
+        unsupported = sum(isinstance(p, Unsupported) for p in problems)
+        hint = None
+        if unsupported:
+            what = "all" if unsupported == len(problems) else str(unsupported)
+            them = "it" if unsupported == 1 else "them"
+            hint = f"{what} unsupported: --skip-unsupported leaves {them} out and runs the rest"
+        super().__init__(f"{len(problems)} problems in {file}", hint=hint)
+
+    def one_line(self) -> str:
+        # Where one line is all there is room for (str(), the manifest): every problem, in order.
+        return " | ".join(self.lines())
+
+    def lines(self) -> list[str]:
+        return [p.one_line() for p in self.problems] + [super().one_line()]
 
 
 class BackendError(PromptlabError):

@@ -62,6 +62,7 @@ class Stats:
     passed: int = 0
     failed: int = 0
     errors: int = 0
+    unchecked: int = 0  # outputs no check gated: neither passes nor failures
     cached: int = 0
     # Prompt tokens of the generations this run actually ran, and how many of them llama.cpp
     # had to evaluate (the rest came from the KV cache of the previous, prefix-sharing cell).
@@ -75,6 +76,8 @@ class Stats:
             self.passed += 1
         elif row["status"] == "fail":
             self.failed += 1
+        elif row["status"] == "unchecked":
+            self.unchecked += 1
         else:
             self.errors += 1
         if row.get("cached"):
@@ -442,6 +445,8 @@ def make_row(
     else:
         passed, score, checks, named = score_cell(cell, gen, output, latency_ms, services)
         status = "pass" if passed else "fail"
+        if not any(c.get("weight", 1.0) > 0 for c in checks):
+            status = "unchecked"  # nothing gated this output: not a pass (nor a failure)
         if not cell.generate:
             picks = [c.get("details", {}).get("chosen") for c in checks if c["type"] == "choice"]
             output = next((p for p in picks if p is not None), "")
@@ -460,8 +465,8 @@ def make_row(
         "rendered_prompt": cell.text,
         "output": output,
         "status": status,
-        "pass": status == "pass",
-        "score": round(score, 6),
+        "pass": None if status == "unchecked" else status == "pass",
+        "score": None if status == "unchecked" else round(score, 6),
         "named_scores": {k: round(v, 6) for k, v in named.items()},
         "checks": checks,
         "error": error,

@@ -14,10 +14,11 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import jinja2
 import jinja2.meta
@@ -31,14 +32,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from promptlab import assertions, files
-from promptlab.errors import InputError, location
+from promptlab import assertions, files, transforms
+from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, location
 from promptlab.files import find_project_root, read_text
 from promptlab.models import BUNDLED, DEFAULT_MODEL
 from promptlab.templates import TemplateEnv, sha256_text
-from promptlab.yamlio import YamlDoc, load_yaml
+from promptlab.yamlio import YamlDoc, load_json, load_yaml
 
 
 def _files(what: str) -> dict[str, Any]:
@@ -58,28 +59,35 @@ class Strict(BaseModel):
     @classmethod
     def _unknown_keys(cls, data: Any) -> Any:
         # Our own check (instead of pydantic's extra_forbidden) so the message can suggest the
-        # closest valid key.
+        # closest valid key. Every bad key of the mapping is reported, not just the first.
         if isinstance(data, dict):
             allowed = sorted({f.alias or name for name, f in cls.model_fields.items()})
+            errors: list[InitErrorDetails] = []
             for key in data:
                 if key in cls.promptfoo_refused:
-                    raise PydanticCustomError(
+                    error = PydanticCustomError(
                         "promptfoo_refused",
                         "promptfoo's '{key}' is not supported: {why}",
                         {"key": str(key), "why": cls.promptfoo_refused[key]},
                     )
-                if key not in allowed:
+                elif key not in allowed:
                     close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
                     hint = (
                         f"did you mean '{close[0]}'?"
                         if close
                         else "valid keys: " + ", ".join(allowed)
                     )
-                    raise PydanticCustomError(
+                    error = PydanticCustomError(
                         "unknown_key",
                         "unknown key '{key}'; {hint}",
                         {"key": str(key), "hint": hint},
                     )
+                else:
+                    continue
+                # loc () = this mapping; validation_errors appends the key from ctx.
+                errors.append(InitErrorDetails(type=error, loc=(), input=data[key]))
+            if errors:
+                raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
 
 
@@ -109,11 +117,18 @@ class AssertSpec(Strict):
     )
     threshold: float | None = Field(
         default=None,
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
         description="Pass mark: a score in [0, 1] for scored checks; ms for latency; tokens for max-tokens; "
         "the largest edit distance for levenshtein; the largest perplexity for perplexity",
     )
     weight: float = Field(
-        default=1.0, ge=0, description="Weight in the test's score; 0 reports without gating"
+        default=1.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Weight in the test's score; 0 reports without gating",
     )
     metric: str | None = Field(
         default=None, description="Named metric this check's score counts toward"
@@ -210,7 +225,11 @@ class TestSpec(Strict):
     )
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
     threshold: float | None = Field(
-        default=None, ge=0, le=1, description="Pass when the weighted score reaches this"
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Pass when the weighted score reaches this",
     )
     transform: TransformSpec | None = Field(
         default=None,
@@ -238,7 +257,7 @@ class DefaultTestSpec(Strict):
         json_schema_extra=_files("variable file"),
     )
     assert_: list[AssertSpec] = Field(default_factory=list, alias="assert")
-    threshold: float | None = Field(default=None, ge=0, le=1)
+    threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     transform: TransformSpec | None = Field(
         default=None,
         description="Applied to every test's output before its checks (file://x.py:fn runs Python)",
@@ -279,6 +298,12 @@ class PromptSpec(Strict):
         json_schema_extra=_files("prompt file"),
     )
     raw: str | None = Field(default=None, description="Inline Jinja template text")
+    messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="promptfoo's chat form: a list of {role, content} messages; each content is "
+        "Jinja text or `file://path` to a template file, rendered per test",
+        json_schema_extra=_files("template"),
+    )
     label: str | None = Field(default=None, description="Name shown in reports")
     display: str | None = Field(default=None, description="promptfoo's old name for label")
     config: Constraint | None = Field(
@@ -287,14 +312,23 @@ class PromptSpec(Strict):
 
     @model_validator(mode="after")
     def _has_source(self) -> PromptSpec:
-        if self.id is None and self.raw is None:
+        given = [k for k in ("raw", "messages") if getattr(self, k) is not None]
+        if self.id is None and not given:
             raise PydanticCustomError(
-                "prompt_source", "a prompt mapping needs `raw:` (inline text) or `id: file://…`"
+                "prompt_source",
+                "a prompt mapping needs `raw:` (inline text), `messages:` (a chat) or "
+                "`id: file://…`",
+            )
+        if len(given) > 1 or (self.messages is not None and self.id is not None):
+            raise PydanticCustomError(
+                "prompt_source", "give a prompt one of raw:, messages: or id: file://…, not several"
             )
         return self
 
 
 def _str_to_prompt(value: Any) -> Any:
+    if isinstance(value, list):
+        return {"messages": value}  # promptfoo sends a bare message list as that chat
     return {"id": value} if isinstance(value, str) else value
 
 
@@ -304,7 +338,8 @@ _IGNORED_TOP = {
     "env": "environment for remote providers' API keys",
     "outputPath": "promptlab writes its run folder (-o DIR)",
     "sharing": "nothing leaves this machine",
-    "evaluateOptions": "concurrency, delay, cache and timeouts of remote calls",
+    "evaluateOptions": "concurrency, delay and timeouts of remote calls; the result cache "
+    "follows --no-cache and --refresh",
     "derivedMetrics": "computed from named scores after the run; promptlab reports each metric",
     "metadata": "free-form",
     "writeLatestResults": "promptlab always writes its run folder",
@@ -326,19 +361,21 @@ class ModelSpec(Strict):
     n_gpu_layers: int | None = Field(
         default=None,
         ge=-1,
+        le=10_000,
         description="Layers to offload; -1 = all. Default: all when the build supports GPU offload, else 0",
     )
     n_ctx: int = Field(default=4096, ge=64, le=1 << 20, description="Context window in tokens")
     n_batch: int = Field(
         default=512,
         ge=1,
+        le=1 << 20,
         description="Prompt-processing batch size (default: 512, or n_ctx if smaller)",
     )
     n_threads: int | None = Field(
-        default=None, ge=1, description="Generation threads (default: usable CPUs)"
+        default=None, ge=1, le=1024, description="Generation threads (default: usable CPUs)"
     )
     n_threads_batch: int | None = Field(
-        default=None, ge=1, description="Prompt-processing threads (default: usable CPUs)"
+        default=None, ge=1, le=1024, description="Prompt-processing threads (default: usable CPUs)"
     )
     chat: Literal["auto", True, False] = Field(
         default="auto",
@@ -390,27 +427,50 @@ def _str_to_model(value: Any) -> Any:
     return {"path": value} if isinstance(value, str) else value
 
 
+MIN_TEMPERATURE = 0.001
+
+
 class Params(Constraint):
     """Generation settings. Every one is passed to llama.cpp explicitly."""
 
+    # Floats reach llama.cpp as float32, where 1e-300 is 0 and 1e-40 divides logits into inf:
+    # the lower bounds keep every accepted value meaningful there.
     temperature: float = Field(
-        default=0.0, ge=0.0, le=5.0, description="0 = greedy (deterministic)"
+        default=0.0,
+        ge=0.0,
+        le=5.0,
+        allow_inf_nan=False,
+        description="0 = greedy (deterministic); otherwise at least 0.001",
+        json_schema_extra={"not": {"exclusiveMinimum": 0, "exclusiveMaximum": MIN_TEMPERATURE}},
     )
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int = Field(default=40, ge=0, description="0 = disabled")
-    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_tokens: int = Field(default=128, ge=1, description="Tokens to generate at most")
+    top_p: float = Field(default=0.95, ge=1e-6, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(default=40, ge=0, le=1_000_000, description="0 = disabled")
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0, allow_inf_nan=False)
+    max_tokens: int = Field(default=128, ge=1, le=1 << 20, description="Tokens to generate at most")
     stop: list[str] = Field(default_factory=list, description="Stop strings (excluded from output)")
     seed: int = Field(
         default=0, ge=0, lt=2**32 - 1, description="Sampling seed, passed on every call"
     )
-    repeat_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="1.0 = off")
+    repeat_penalty: float = Field(
+        default=1.0, ge=0.01, le=10.0, allow_inf_nan=False, description="1.0 = off"
+    )
     logprobs: int | None = Field(
         default=None,
         ge=0,
         le=20,
         description="Store each generated token's logprob and this many top alternatives (0 = chosen only)",
     )
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_gap(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise PydanticCustomError(
+                "temperature_gap",
+                "temperature {v} is greedy in effect; use 0 (greedy) or at least {m}",
+                {"v": value, "m": MIN_TEMPERATURE},
+            )
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -567,7 +627,9 @@ class Suite(Strict):
     outputPath: Any = Field(default=None, description=_NOTE_ONLY)
     sharing: Any = Field(default=None, description=_NOTE_ONLY)
     evaluateOptions: dict[str, Any] | None = Field(
-        default=None, description=_NOTE_ONLY + " (repeat > 1 is refused)"
+        default=None,
+        description="promptfoo's run options: repeat runs each cell N times (as repeat: does); "
+        "the other keys have no effect here and are named in a note",
     )
     derivedMetrics: Any = Field(default=None, description=_NOTE_ONLY)
     metadata: Any = Field(default=None, description=_NOTE_ONLY)
@@ -656,6 +718,8 @@ class LoadedSuite:
     claims_code: bool = False  # the suite set allow_code:, which grants nothing
     varied: list[str] = field(default_factory=list)  # the params keys that take several values
     repeat: int = 1
+    # --skip-unsupported: each check, test, prompt or key left out, as {what, where, why}.
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
@@ -672,23 +736,86 @@ def validation_error(
     prefix: tuple[int | str, ...] = (),
     line: int | None = None,
 ) -> InputError:
-    err = exc.errors(include_url=False)[0]
-    loc = (*prefix, *err["loc"])
-    if err["type"] in ("unknown_key", "promptfoo_refused"):
-        key = err.get("ctx", {}).get("key", "")
-        loc = (*loc, key)
-        msg = err["msg"]
-        field_name = _field_path(loc[:-1]) or "top level"
-    else:
-        field_name = _field_path(loc) or "top level"
-        msg = err["msg"]
-        if err["type"] == "missing":
-            msg = f"missing required key; add {loc[-1]}:"
-        elif "input" in err and err["type"] not in ("model_type", "dict_type", "list_type"):
-            msg = f"{msg} (got {json.dumps(err['input'], default=str)[:60]})"
-    if doc is not None:
-        line = doc.line_of(loc)
-    return InputError(f"{location(path, line)}: {field_name}: {msg}")
+    """The first problem of `exc`, as one line (see validation_errors for all of them)."""
+    return validation_errors(exc, doc, path, prefix, line)[0][1]
+
+
+def validation_errors(
+    exc: ValidationError,
+    doc: YamlDoc | None,
+    path: Path,
+    prefix: tuple[int | str, ...] = (),
+    line: int | None = None,
+) -> list[tuple[tuple[int | str, ...], InputError]]:
+    """Every problem of `exc`, each with its location in the data and its own
+    `file:line: field: problem` line. promptfoo keys that promptlab does not run are
+    Unsupported, which --skip-unsupported can leave out."""
+    # A value that fits no member of a union fails once per member (loc parts such as `int`,
+    # "literal['auto']" or a model's name): one problem per field, naming every member's rule.
+    found: dict[str, tuple[tuple[int | str, ...], type[InputError], str, str, list[str]]] = {}
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in (*prefix, *err["loc"]) if not _union_member(p))
+        if err["type"] in ("unknown_key", "promptfoo_refused"):
+            key = err.get("ctx", {}).get("key", "")
+            loc = (*loc, key)
+            msg = err["msg"]
+            field_name = _field_path(loc[:-1]) or "top level"
+        else:
+            field_name = _field_path(loc) or "top level"
+            msg = err["msg"]
+            if err["type"] == "missing":
+                msg = f"missing required key; add {loc[-1]}:"
+        got = ""
+        if err["type"] not in _NO_INPUT and "input" in err:
+            got = f" (got {json.dumps(err['input'], default=str)[:60]})"
+        at = doc.line_of(loc) if doc is not None else line
+        key_path = _field_path(loc)
+        kind = Unsupported if err["type"] == "promptfoo_refused" else InputError
+        if key_path in found:
+            msgs = found[key_path][4]
+            if msg not in msgs:
+                msgs.append(msg)
+            continue
+        found[key_path] = (loc, kind, f"{location(path, at)}: {field_name}: ", got, [msg])
+    return [
+        (loc, kind(head + " or ".join(msgs) + got)) for loc, kind, head, got, msgs in found.values()
+    ]
+
+
+# Error types whose message says it all: no "(got ...)" after it.
+_NO_INPUT = {"unknown_key", "promptfoo_refused", "missing", "model_type", "dict_type", "list_type"}
+_UNION_TAG = re.compile(r"^(?:[a-z]+(?:-[a-z]+)*\[.*\]|int|float|str|bool|none|[A-Z]\w*)$")
+
+
+def _union_member(part: int | str) -> bool:
+    """Whether a pydantic error location part names a union member rather than a key."""
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
+def _prune(
+    data: Any, locs: Sequence[tuple[int | str, ...]]
+) -> tuple[Any, set[tuple[int | str, ...]]]:
+    """A copy of `data` without the mapping keys that `locs` point into, and the keys removed.
+    Only mapping keys are removed, never list items, so the indices (and with them the line
+    numbers of the problems found next) stay those of the file."""
+    data = copy.deepcopy(data)
+    removed: set[tuple[int | str, ...]] = set()
+    for loc in locs:
+        node: Any = data
+        walked: tuple[int | str, ...] = ()
+        parent: Any = None
+        key_loc: tuple[int | str, ...] = ()
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                parent, key_loc = node, (*walked, part)
+            elif not (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+                continue  # pydantic's name for a union member: not in the data
+            walked = (*walked, part)
+            node = node[part]
+        if parent is not None and key_loc and key_loc[-1] in parent:
+            del parent[key_loc[-1]]
+            removed.add(key_loc)
+    return data, removed
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -717,6 +844,8 @@ _CODE_REF = re.compile(r"\.(py|js|cjs|mjs|ts)(:[\w.]+)?$")
 # Checks that read their own file:// value (a schema file, a Python file).
 _OWN_FILE_VALUE = frozenset({"python", "is-json", "contains-json", "json-schema"})
 # promptfoo CSV columns that would change the prompt or skip the model.
+# A CSV field may be as long as a file may be (whole documents in RAG suites), not csv's 128 KiB.
+csv.field_size_limit(files.MAX_FILE_BYTES)
 _CSV_REFUSED = {
     "__prefix": "it changes the prompt; put the text in the prompt template",
     "__suffix": "it changes the prompt; put the text in the prompt template",
@@ -728,9 +857,20 @@ _CSV_SPECIAL = re.compile(
 )
 
 
+_LEADING_WHERE = re.compile(r"^[^\s:]+(?::\d+)?: (?:[\w.\[\]-]+|top level)(?: \([^)]*\))?: ")
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
+
+
 class _Loader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, skip_unsupported: bool = False) -> None:
         self.path = path
+        # Every problem found, so one round of edits fixes them all (raised together at the end).
+        self.problems: list[InputError] = []
+        # --skip-unsupported: what was left out, for the notes, the summary and the manifest.
+        self.skip_unsupported = skip_unsupported
+        self.skipped: list[dict[str, str]] = []
+        self.drop_all_tests = False  # defaultTest itself uses an unsupported feature
         self.base = path.parent
         self.root = find_project_root(path.parent)
         self.env = TemplateEnv(self.root)
@@ -744,6 +884,87 @@ class _Loader:
 
     def where(self, line: int | None, field_name: str | None = None) -> str:
         return location(self.path, line, field_name)
+
+    def skip(self, what: str, where: str, exc: InputError) -> None:
+        # The message leads with its own `file:line: field: `; the record keeps it in `where`.
+        why = _LEADING_WHERE.sub("", exc.one_line(), count=1)
+        self.skipped.append({"what": what, "where": where, "why": why})
+
+    def attempt(self, what: str, where: str, build: Callable[[], _T]) -> _T | None:
+        """`build()`, or None when it fails: the problem is recorded (and the loader goes on to
+        find the others), or with --skip-unsupported an unsupported feature leaves out `what`."""
+        try:
+            return build()
+        except Problems as exc:
+            self.problems += exc.problems
+        except Unsupported as exc:
+            if self.skip_unsupported:
+                self.skip(what, where, exc)
+            else:
+                self.problems.append(exc)
+        except InputError as exc:
+            self.problems.append(exc)
+        return None
+
+    def validate(
+        self,
+        model: type[_M],
+        data: Any,
+        doc: YamlDoc | None,
+        prefix: tuple[int | str, ...] = (),
+        line: int | None = None,
+        *,
+        what: str,
+        path: Path | None = None,
+    ) -> _M | None:
+        """`model` from `data`, recording every problem. After a problem the bad keys are left
+        out and the rest validated again, to find the problems behind the first ones; the model
+        returned then serves only to look for more. None when nothing valid is left, or when
+        --skip-unsupported leaves out `what` (a test whose own keys are unsupported)."""
+        path = path or self.path
+        removed: set[tuple[int | str, ...]] = set()
+        for _ in range(4):
+            try:
+                return model.model_validate(data)
+            except ValidationError as exc:
+                issues = [
+                    (loc, err)
+                    for loc, err in validation_errors(exc, doc, path, prefix, line)
+                    # a key left out after an earlier problem is not missing
+                    if not any(loc[: len(r)] == r for r in removed)
+                ]
+            if not issues:
+                return None
+            bad: list[tuple[int | str, ...]] = []
+            for loc, err in issues:
+                rel = loc[len(prefix) :]
+                if isinstance(err, Unsupported) and self.skip_unsupported:
+                    where = location(path, doc.line_of(loc) if doc else line, _field_path(loc))
+                    in_check = "assert" in rel
+                    if model is Suite and rel[:1] == ("defaultTest",) and not in_check:
+                        # defaultTest's own key (options.prefix, …) changes every test
+                        self.skip("every test", where, err)
+                        self.drop_all_tests = True
+                    elif model is Suite or in_check:
+                        # A top-level key (scenarios, extensions, …), or a check's key (which
+                        # feeds a check type that is left out in turn): leave out the key.
+                        self.skip(f"key '{rel[-1]}'", where, err)
+                    elif model is DefaultTestSpec:
+                        self.skip("every test", where, err)
+                        self.drop_all_tests = True
+                        return None
+                    else:
+                        at = doc.line_of(prefix) if doc and prefix else line
+                        self.skip(what, location(path, at, _field_path(prefix) or None), err)
+                        return None
+                else:
+                    self.problems.append(err)
+                bad.append(rel)
+            data, gone = _prune(data, bad)
+            if not gone:
+                return None
+            removed |= {(*prefix, *r) for r in gone}
+        return None
 
     def ignore(self, where: str, what: str, why: str) -> None:
         self.ignored.setdefault((what, why), []).append(where)
@@ -766,10 +987,7 @@ class _Loader:
         text = read_text(path, what)
         self.record(path, text)
         if path.suffix.lower() == ".json":
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{location(path, exc.lineno)}: invalid JSON: {exc.msg}") from None
+            return load_json(path, text)
         if path.suffix.lower() in (".yaml", ".yml"):
             return load_yaml(path, text).data
         return text
@@ -807,6 +1025,8 @@ class _Loader:
 
     def _prompt(self, i: int, spec: PromptSpec, doc: YamlDoc) -> list[PromptDef]:
         where = self.where(doc.line_of(("prompts", i)), f"prompts[{i}]")
+        if spec.messages is not None:
+            return [self._messages_prompt(i, spec, spec.messages, doc, where)]
         source = spec.raw if spec.raw is not None else spec.id
         assert source is not None
         label = spec.label or spec.display
@@ -823,6 +1043,7 @@ class _Loader:
             raise InputError(f"{where}: prompt is empty", hint="write the template text")
         label = label or (spec.id if spec.raw is not None and spec.id else None)
         tpl = self.env.from_string(source, where)
+        self._chat_text_note(source, where)
         kind: Literal["text"] = "text"
         return [
             PromptDef(
@@ -844,22 +1065,22 @@ class _Loader:
         elif (
             source.strip() == source
             and not any(ch.isspace() or ch in "{}" for ch in source)
-            and Path(source.split(":")[0]).suffix.lower() in (*_PROMPT_FILE_SUFFIXES, ".py", ".js")
+            and Path(source.split(":")[0]).suffix.lower()
+            in (*_PROMPT_FILE_SUFFIXES, ".csv", ".jsonl", ".py", ".js")
         ):
             ref = "file://" + source
         else:
             return None
         raw = ref.removeprefix("file://")
         if _CODE_REF.search(raw):
-            raise InputError(
+            raise Unsupported(
                 f"{where}: {raw} is a prompt function; promptlab's prompts are templates, not code",
                 hint="write it as a .j2/.txt template or a .yaml/.json message list",
             )
-        if Path(raw).suffix.lower() in (".csv", ".jsonl"):
+        if Path(raw).suffix.lower() == ".jsonl":
             raise InputError(
-                f"{where}: {raw}: prompt files with one prompt per row are not read",
-                hint="list each prompt under prompts:, or put them in a .txt file separated "
-                "by --- lines",
+                f"{where}: {raw}: .jsonl prompt files (one chat per line) are not read",
+                hint="put each chat in a .json prompt file, or list the prompts in a .csv file",
             )
         return ref
 
@@ -871,6 +1092,8 @@ class _Loader:
         if not text.strip():
             raise InputError(f"{path}: template is empty", hint="write the template text")
         rel = _rel(path, self.root)
+        if path.suffix.lower() == ".csv":
+            return self._csv_prompts(path, text, label, where)
         if path.suffix.lower() in (".yaml", ".yml", ".json"):
             parts, variables = self._chat_file(path, text)
             return [
@@ -900,7 +1123,9 @@ class _Loader:
                     )
                 )
             return out
-        tpl = self.env.load_file(path, where)
+        # promptfoo trims a .txt prompt (as it trims each --- chunk); other files keep their text
+        # exactly as written, trailing newline included.
+        tpl = self.env.load_file(path, where, trim=path.suffix.lower() == ".txt")
         return [
             PromptDef(
                 label or path.stem,
@@ -913,14 +1138,60 @@ class _Loader:
             )
         ]
 
+    def _csv_prompts(self, path: Path, text: str, label: str | None, where: str) -> list[PromptDef]:
+        """promptfoo's prompts.csv: one prompt per row, under a `prompt` header with an optional
+        `label` column, or one column and no header. Cells are trimmed, as promptfoo trims them."""
+        rel = _rel(path, self.root)
+        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+        try:
+            rows = [(reader.line_num, [c.strip() for c in row]) for row in reader]
+        except csv.Error as exc:
+            raise InputError(f"{location(path, reader.line_num)}: invalid CSV: {exc}") from None
+        rows = [(line, row) for line, row in rows if any(row)]
+        header = [c.lower() for c in rows[0][1]] if rows else []
+        if "prompt" in header:
+            col = header.index("prompt")
+            label_col = header.index("label") if "label" in header else None
+            body = rows[1:]
+        else:
+            col, label_col, body = 0, None, rows
+            wide = next(((line, row) for line, row in body if len(row) > 1), None)
+            if wide is not None:
+                raise InputError(
+                    f"{location(path, wide[0])}: a prompts CSV without a `prompt` header has one "
+                    f"column, but this row has {len(wide[1])}",
+                    hint="add a header row `prompt,label`, or quote a prompt that holds commas",
+                )
+        kept = [(line, row) for line, row in body if len(row) > col and row[col]]
+        if not kept:
+            raise InputError(f"{path}: no prompts in the CSV", hint="write one prompt per row")
+        out = []
+        for k, (line, row) in enumerate(kept, 1):
+            source = row[col]
+            own = row[label_col] if label_col is not None and len(row) > label_col else ""
+            base = label or path.stem
+            name = own or (base if len(kept) == 1 else f"{base}:{k}")
+            at = f"{where} ({location(rel, line)})"
+            tpl = self.env.from_string(source, at)
+            self._chat_text_note(source, at)
+            out.append(
+                PromptDef(
+                    name,
+                    rel,
+                    "text",
+                    [(None, tpl)],
+                    sha256_text(source),
+                    at,
+                    self.env.variables(tpl, source),
+                )
+            )
+        return out
+
     def _chat_file(
         self, path: Path, text: str
     ) -> tuple[list[tuple[str | None, jinja2.Template]], set[str]]:
         if path.suffix.lower() == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{location(path, exc.lineno)}: invalid JSON: {exc.msg}") from None
+            data = load_json(path, text)
             doc = None
         else:
             doc = load_yaml(path, text)
@@ -943,11 +1214,42 @@ class _Loader:
             raise InputError(
                 f"{path}: a chat prompt file must hold a non-empty list of {{role, content}} messages"
             )
+        return self._message_parts(
+            [
+                (msg, location(path, doc.line_of(loc) if doc else None, _field_path(loc)))
+                for msg, loc in entries
+            ],
+            file_refs=False,
+        )
+
+    def _messages_prompt(
+        self, i: int, spec: PromptSpec, messages: list[Any], doc: YamlDoc, where: str
+    ) -> PromptDef:
+        """promptfoo's `messages:` prompt entry: a chat written in the suite itself."""
+        if not messages:
+            raise InputError(f"{where}: messages: is empty", hint="add {role, content} messages")
+        entries = [
+            (
+                msg,
+                self.where(
+                    doc.line_of(("prompts", i, "messages", j)), f"prompts[{i}].messages[{j}]"
+                ),
+            )
+            for j, msg in enumerate(messages)
+        ]
+        parts, variables = self._message_parts(entries, file_refs=True)
+        label = spec.label or spec.display or f"chat {i + 1}"
+        source = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        return PromptDef(label, "inline", "messages", parts, sha256_text(source), where, variables)
+
+    def _message_parts(
+        self, entries: list[tuple[Any, str]], *, file_refs: bool
+    ) -> tuple[list[tuple[str | None, jinja2.Template]], set[str]]:
+        """Each message's content as a template, and the variables they read. With `file_refs`,
+        a content of `file://path` is that template file (as promptfoo's `messages:` allow)."""
         parts: list[tuple[str | None, jinja2.Template]] = []
         variables: set[str] = set()
-        for msg, loc in entries:
-            line = doc.line_of(loc) if doc else None
-            at = location(path, line, _field_path(loc))
+        for msg, at in entries:
             if not isinstance(msg, dict) or set(msg) - {"role", "content"} or "content" not in msg:
                 raise InputError(f"{at}: each message needs exactly `role` and `content`")
             role = msg.get("role", "user")
@@ -960,11 +1262,51 @@ class _Loader:
                 content = self._content_parts(content, at)
             if not isinstance(content, str):
                 raise InputError(f"{at}: content must be text (or a list of text parts)")
+            if file_refs and content.startswith("file://"):
+                tpl = self._content_file(content, at)
+                parts.append((role, tpl))
+                variables |= self.env.variables(tpl)
+                continue
             tpl = self.env.from_string(content, at)
             parts.append((role, tpl))
             # Inline templates have no name to reread, so their variables come from the source.
             variables |= self.env.variables(tpl, content)
         return parts, variables
+
+    def _content_file(self, ref: str, at: str) -> jinja2.Template:
+        raw = ref.removeprefix("file://")
+        if _CODE_REF.search(raw):
+            raise Unsupported(
+                f"{at}: content {ref} is a prompt function; promptlab's prompts are templates, "
+                "not code",
+                hint="write that message as text or a .j2/.txt/.md template file",
+            )
+        (path,) = files.resolve_ref(
+            ref, base=self.base, root=self.root, what="message file", where=at, globs=False
+        )
+        if path.is_dir():
+            raise InputError(f"{at}: {path} is a directory, expected a template file")
+        self.record(path, read_text(path, "template"))
+        # promptfoo reads every format as text (a .json file too); each message is stripped
+        # like any chat message, so only a .txt needs promptfoo's trim for the text to agree.
+        return self.env.load_file(path, at, trim=path.suffix.lower() == ".txt")
+
+    def _chat_text_note(self, text: str, where: str) -> None:
+        """promptfoo turns a prompt whose text is a JSON message list into a chat for chat
+        providers; here text stays text (no guessing), so say what differs and how to write it."""
+        stripped = text.strip()
+        if not (stripped.startswith("[") and stripped.endswith("]")):
+            return
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            return
+        if data and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in data):
+            self.notes.append(
+                f"{where}: this prompt is a JSON chat message list written as text; promptlab "
+                "sends it as text (promptfoo sends it to chat providers as messages); write it "
+                "as messages: or a .json prompt file to send messages"
+            )
 
     def _content_parts(self, parts: list[Any], at: str) -> str:
         """OpenAI/Anthropic content parts → one template: the text parts joined in order."""
@@ -972,7 +1314,7 @@ class _Loader:
         for k, part in enumerate(parts):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             if kind != "text" or not isinstance(part.get("text"), str):
-                raise InputError(
+                raise Unsupported(
                     f"{at}: content[{k}] is a {kind!r} part, and local text models take text only",
                     hint="remove it, or describe it in a {type: text, text: ...} part",
                 )
@@ -987,17 +1329,36 @@ class _Loader:
     # --- tests ---
 
     def tests(self, suite: Suite, doc: YamlDoc) -> list[TestDef]:
-        base_vars = {**self.vars(suite.vars, "vars", doc)}
+        skipped_before = len(self.skipped)
+        vars_where = self.where(doc.line_of(("vars",)), "vars")
+        base_vars = self.attempt(
+            "every test", vars_where, partial(self.vars, suite.vars, "vars", doc)
+        )
         default_checks: list[CheckDef] = []
         default = suite.defaultTest
         default_where = self.where(doc.line_of(("defaultTest",)), "defaultTest")
         default_options: dict[str, Any] = {}
+        default_transform: Any = None
         if default is not None:
-            base_vars.update(self.vars(default.vars, "defaultTest.vars", doc))
+            default_vars = self.attempt(
+                "every test",
+                default_where,
+                partial(self.vars, default.vars, "defaultTest.vars", doc),
+            )
+            base_vars = {**(base_vars or {}), **(default_vars or {})}
             for j, a in enumerate(default.assert_):
-                line = doc.line_of(("defaultTest", "assert", j))
-                default_checks.append(self.check(a, self.where(line, f"defaultTest.assert[{j}]")))
+                at = self.where(
+                    doc.line_of(("defaultTest", "assert", j)), f"defaultTest.assert[{j}]"
+                )
+                check = self.attempt("check", at, partial(self.check, a, at))
+                if check is not None:
+                    default_checks.append(check)
             default_options = self.options(default, default_where)
+            default_transform = self.attempt(
+                "every test", default_where, partial(_checked_transform, default, default_where)
+            )
+        if len(self.skipped) > skipped_before and self.skipped[-1]["what"] == "every test":
+            self.drop_all_tests = True
         entries: list[tuple[Any, tuple[int | str, ...]]]
         if isinstance(suite.tests, str):
             entries = [(suite.tests, ("tests",))]
@@ -1009,41 +1370,32 @@ class _Loader:
             where = self.where(line, _field_path(loc))
             if isinstance(entry, str):
                 if not entry.startswith("file://"):
-                    raise InputError(
-                        f"{where}: a test entry that is text must be file://path",
-                        hint="or write a mapping with vars: and assert: (promptlab reads local "
-                        ".csv, .jsonl, .yaml and .json files)",
+                    self.problems.append(
+                        InputError(
+                            f"{where}: a test entry that is text must be file://path",
+                            hint="or write a mapping with vars: and assert: (promptlab reads "
+                            "local .csv, .jsonl, .yaml and .json files)",
+                        )
                     )
-                for path in self.file_ref(entry, where, "test file"):
-                    raw += self.tests_file(path)
-            elif isinstance(entry, dict):
-                try:
-                    spec = TestSpec.model_validate(entry)
-                except ValidationError as exc:
-                    raise validation_error(exc, doc, self.path, loc) from None
-                checks = [
-                    self.check(
-                        a,
-                        self.where(
-                            doc.line_of((*loc, "assert", j)), f"{_field_path(loc)}.assert[{j}]"
-                        ),
-                    )
-                    for j, a in enumerate(spec.assert_)
-                ]
-                raw.append(
-                    self.finish(
-                        TestDef(
-                            0,
-                            spec.description,
-                            self.vars(spec.vars, _field_path(loc) + ".vars", doc, loc),
-                            checks,
-                            where,
-                        ),
-                        spec,
-                    )
+                    continue
+                paths = self.attempt(
+                    "tests of the file", where, partial(self.file_ref, entry, where, "test file")
                 )
+                for path in paths or []:
+                    raw += (
+                        self.attempt("tests of the file", where, partial(self.tests_file, path))
+                        or []
+                    )
+            elif isinstance(entry, dict):
+                test = self.attempt("test", where, partial(self.test_entry, entry, loc, where, doc))
+                if test is not None:
+                    raw.append(test)
             else:
-                raise InputError(f"{where}: a test must be a mapping or file://path")
+                self.problems.append(
+                    InputError(f"{where}: a test must be a mapping or file://path")
+                )
+        if self.drop_all_tests:
+            return []
         if not raw and not isinstance(suite.tests, str) and not suite.tests:
             # promptfoo runs each prompt once when there are no tests.
             raw.append(TestDef(0, None, {}, [], self.where(doc.line_of(()), None)))
@@ -1052,20 +1404,35 @@ class _Loader:
             _flags(defaults, default)
         out: list[TestDef] = []
         for t in raw:
-            t.vars = {**base_vars, **t.vars}
+            t.vars = {**(base_vars or {}), **t.vars}
             default_asserts = _first(t.default_asserts, defaults.default_asserts, True)
             t.checks = (default_checks if default_asserts else []) + t.checks
             t.options = {**default_options, **t.options}
             t.expand_vars = _first(t.expand_vars, defaults.expand_vars, True)
             if default is not None:
                 t.threshold = t.threshold if t.threshold is not None else default.threshold
-                t.transform = t.transform if t.transform is not None else _transform(default)
+                t.transform = t.transform if t.transform is not None else default_transform
                 if default.metadata:
                     t.metadata = {**default.metadata, **(t.metadata or {})}
             out += self.expand(t)
         for i, t in enumerate(out):
             t.index = i
         return out
+
+    def test_entry(
+        self, entry: dict[str, Any], loc: tuple[int | str, ...], where: str, doc: YamlDoc
+    ) -> TestDef | None:
+        spec = self.validate(TestSpec, entry, doc, loc, what="test")
+        if spec is None:
+            return None
+        checks = []
+        for j, a in enumerate(spec.assert_):
+            at = self.where(doc.line_of((*loc, "assert", j)), f"{_field_path(loc)}.assert[{j}]")
+            check = self.attempt("check", at, partial(self.check, a, at))
+            if check is not None:
+                checks.append(check)
+        test_vars = self.vars(spec.vars, _field_path(loc) + ".vars", doc, loc)
+        return self.finish(TestDef(0, spec.description, test_vars, checks, where), spec)
 
     def expand(self, test: TestDef) -> list[TestDef]:
         """promptfoo's rule: a var holding a list of strings makes one test per value, and
@@ -1124,7 +1491,7 @@ class _Loader:
                     doc.line_of((*loc, "vars", key)) if loc else None, f"{field_name}.{key}"
                 )
                 if _CODE_REF.search(value):
-                    raise InputError(
+                    raise Unsupported(
                         f"{where}: {value} would run code to make the value; promptlab reads "
                         "var files as text (.json/.yaml parsed)",
                         hint="write the value to a file, or compute it in the test file",
@@ -1145,7 +1512,7 @@ class _Loader:
         alias = _TYPE_ALIASES.get(spec.type.removeprefix("not-"))
         if alias is not None:
             spec = spec.model_copy(update={"type": negation + alias})
-        assertions.check_type(spec.type, where)
+        _check_type(spec.type, where)
         extra = spec.model_dump(
             exclude={"type", "value", "threshold", "assert_", "provider"}, exclude_none=True
         )
@@ -1154,12 +1521,15 @@ class _Loader:
             extra["provider"] = provider
         if "transform" in extra:
             extra["transform"] = _js_transform(extra["transform"])
+            _refuse_js_transform(extra["transform"], where)
         if inherited is not None and "config" not in extra:
             extra["config"] = inherited  # promptfoo: an assert-set's config reaches its checks
-        children = [
-            self.check(c, f"{where}.assert[{j}]", spec.config)
-            for j, c in enumerate(spec.assert_ or [])
-        ]
+        children = []
+        for j, c in enumerate(spec.assert_ or []):
+            at = f"{where}.assert[{j}]"
+            child = self.attempt("check", at, partial(self.check, c, at, spec.config))
+            if child is not None:
+                children.append(child)
         if spec.assert_ is not None and spec.type != "assert-set":
             raise InputError(
                 f"{where}: only assert-set takes a nested assert: list", hint="use type: assert-set"
@@ -1204,7 +1574,7 @@ class _Loader:
 
     def finish(self, test: TestDef, spec: TestSpec) -> TestDef:
         test.threshold = spec.threshold
-        test.transform = _transform(spec)
+        test.transform = _checked_transform(spec, test.where)
         test.options = self.options(spec, test.where)
         test.metadata = spec.metadata
         _flags(test, spec)
@@ -1221,20 +1591,14 @@ class _Loader:
             for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{location(path, n)}: invalid JSON: {exc.msg}") from None
-                out.append(self._test_obj(data, path, n, None))
+                test = self.attempt(
+                    "test", location(path, n), partial(self._test_jsonl, path, line, n)
+                )
+                out += [test] if test is not None else []
             return out
         if suffix in (".yaml", ".yml", ".json"):
             if suffix == ".json":
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(
-                        f"{location(path, exc.lineno)}: invalid JSON: {exc.msg}"
-                    ) from None
+                data = load_json(path, text)
                 doc = None
             else:
                 doc = load_yaml(path, text, what="test file")
@@ -1243,29 +1607,38 @@ class _Loader:
                 raise InputError(f"{path}: test file is empty", hint="add a list of tests")
             if not isinstance(data, list):
                 raise InputError(f"{path}: a test file must hold a list of tests")
-            return [
-                self._test_obj(d, path, doc.line_of((i,)) if doc else None, doc, i)
-                for i, d in enumerate(data)
-            ]
-        raise InputError(
+            tests = []
+            for i, d in enumerate(data):
+                at = doc.line_of((i,)) if doc else None
+                test = self.attempt(
+                    "test", location(path, at), partial(self._test_obj, d, path, at, doc, i)
+                )
+                tests += [test] if test is not None else []
+            return tests
+        raise Unsupported(
             f"{path}: unsupported test file type '{suffix}'",
             hint="use .csv, .jsonl, .yaml or .json",
         )
 
+    def _test_jsonl(self, path: Path, line: str, n: int) -> TestDef | None:
+        return self._test_obj(load_json(path, line, n), path, n, None)
+
     def _test_obj(
         self, data: Any, path: Path, line: int | None, doc: YamlDoc | None, index: int | None = None
-    ) -> TestDef:
+    ) -> TestDef | None:
         where = location(path, line)
         if not isinstance(data, dict):
             raise InputError(f"{where}: a test must be a mapping with vars: and assert:")
-        try:
-            spec = TestSpec.model_validate(data)
-        except ValidationError as exc:
-            prefix: tuple[int | str, ...] = (
-                (index,) if index is not None and doc is not None else ()
-            )
-            raise validation_error(exc, doc, path, prefix, line) from None
-        checks = [self.check(a, f"{where}: assert[{j}]") for j, a in enumerate(spec.assert_)]
+        prefix: tuple[int | str, ...] = (index,) if index is not None and doc is not None else ()
+        spec = self.validate(TestSpec, data, doc, prefix, line, what="test", path=path)
+        if spec is None:
+            return None
+        checks = []
+        for j, a in enumerate(spec.assert_):
+            at = f"{where}: assert[{j}]"
+            check = self.attempt("check", at, partial(self.check, a, at))
+            if check is not None:
+                checks.append(check)
         return self.finish(TestDef(0, spec.description, spec.vars, checks, where), spec)
 
     def _csv(self, path: Path, text: str) -> list[TestDef]:
@@ -1277,7 +1650,7 @@ class _Loader:
             )
         for col in columns:
             if col in _CSV_REFUSED:
-                raise InputError(
+                raise Unsupported(
                     f"{location(path, 1)}: promptfoo's column '{col}' is not supported: "
                     f"{_CSV_REFUSED[col]}"
                 )
@@ -1308,11 +1681,17 @@ class _Loader:
             line = reader.line_num
             where = location(path, line)
             if None in row:
-                raise InputError(f"{where}: row has more cells than the header has columns")
+                self.problems.append(
+                    InputError(f"{where}: row has more cells than the header has columns")
+                )
+                continue
             checks: dict[str, CheckDef] = {}
             for col in columns:
                 if col.startswith("__expected") and (row.get(col) or "").strip():
-                    checks[col] = self._expected(row[col], f"{where}: {col}")
+                    at = f"{where}: {col}"
+                    check = self.attempt("check", at, partial(self._expected, row[col], at))
+                    if check is not None:
+                        checks[col] = check
             metric = (row.get("__metric") or "").strip()
             metadata: dict[str, Any] = {}
             for col in columns:
@@ -1347,7 +1726,7 @@ class _Loader:
                 metadata=metadata or None,
             )
             out.append(tdef)
-        if not out:
+        if not out and not self.problems and not self.skipped:
             raise InputError(f"{path}: CSV has a header but no test rows")
         return out
 
@@ -1358,7 +1737,7 @@ class _Loader:
         if raw.startswith(("javascript:", "fn:", "eval:")) or (
             raw.startswith("file://") and re.search(r"\.(js|cjs|mjs|ts)(:[\w.]+)?$", raw)
         ):
-            assertions.check_type("javascript", where)  # refused, with the hint to use python
+            _check_type("javascript", where)  # refused, with the hint to use python
         if raw.startswith(("grade:", "llm-rubric:")):
             return CheckDef("llm-rubric", raw.split(":", 1)[1].strip(), None, where)
         if raw.startswith("python:"):
@@ -1376,7 +1755,7 @@ class _Loader:
                 m.group(4),
             )
             if name in assertions.ALL_TYPES or base in assertions.PROMPTFOO_ONLY:
-                assertions.check_type(name, where)
+                _check_type(name, where)
                 value = value if value else None  # `is-json:` with nothing after the colon
                 threshold = float(number) if number is not None else None
                 if base == "latency" and threshold is None and value is not None:
@@ -1390,14 +1769,18 @@ class _Loader:
     # --- models ---
 
     def models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:
-        specs = suite.models if suite.models else [ModelSpec(path=DEFAULT_MODEL)]
+        echo, _ = _echo_models(suite) if not suite.models else ([], [])
+        specs = suite.models or echo or [ModelSpec(path=DEFAULT_MODEL)]
         out: list[ModelDef] = []
         for i, spec in enumerate(specs):
-            where = (
-                self.where(doc.line_of(("models", i)), f"models[{i}]")
-                if suite.models
-                else self.where(None, "models (default)")
-            )
+            if suite.models:
+                where = self.where(doc.line_of(("models", i)), f"models[{i}]")
+            elif echo:
+                where = self.where(
+                    doc.line_of(("providers",)) or doc.line_of(("targets",)), "providers"
+                )
+            else:
+                where = self.where(None, "models (default)")
             label = spec.label or (
                 spec.path
                 if "/" not in spec.path and not spec.path.endswith(".gguf")
@@ -1431,6 +1814,44 @@ def _js_transform(spec: Any) -> Any:
         key = "".join(spec.split()).removesuffix(";")
         return _JS_TRANSFORMS.get(key, spec)
     return spec
+
+
+def _check_type(name: str, where: str) -> None:
+    """assertions.check_type, with promptfoo's types that promptlab lacks (cost, javascript, …)
+    marked Unsupported, which --skip-unsupported may leave out."""
+    try:
+        assertions.check_type(name, where)
+    except InputError as exc:
+        if name.removeprefix("not-") in assertions.PROMPTFOO_ONLY:
+            raise Unsupported(exc.message, hint=exc.hint) from None
+        raise
+
+
+def _refuse_js_transform(spec: Any, where: str) -> None:
+    """promptfoo's JavaScript transforms, refused while loading (in transforms.parse's own words)
+    rather than when the plan is built, so that --skip-unsupported can leave out the check or
+    test that uses one."""
+    for item in spec if isinstance(spec, list) else [spec]:
+        if not isinstance(item, str):
+            continue
+        text = item.strip()
+        if text.startswith("file://"):
+            if text.endswith((".js", ".ts")) or ".js:" in text or ".ts:" in text:
+                raise Unsupported(
+                    f"{where}: JavaScript transforms are not supported",
+                    hint="port it to Python: file://x.py:function",
+                )
+        elif text and text not in transforms.BUILTINS and not text.startswith("regex:"):
+            raise Unsupported(
+                f"{where}: unsupported transform {text!r} (promptfoo's JavaScript transforms don't run here)",
+                hint=f"use {', '.join(transforms.BUILTINS)}, regex:PATTERN or file://x.py:function",
+            )
+
+
+def _checked_transform(spec: TestSpec | DefaultTestSpec, where: str) -> Any:
+    transform = _transform(spec)
+    _refuse_js_transform(transform, where)
+    return transform
 
 
 def _transform(spec: TestSpec | DefaultTestSpec) -> Any:
@@ -1514,8 +1935,12 @@ def _inline_label(source: str) -> str:
     return line if len(line) <= 40 else line[:39] + "…"
 
 
-def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
-    """Read and check a suite file. Raises InputError with file:line on any problem."""
+def load_suite(
+    path: Path, model_override: str | None = None, *, skip_unsupported: bool = False
+) -> LoadedSuite:
+    """Read and check a suite file. Raises InputError with file:line on a problem, or Problems
+    holding every problem found. With `skip_unsupported`, what uses a promptfoo feature that
+    promptlab does not run is left out instead (named in the notes and in `skipped`)."""
     text = read_text(path, "suite file")
     if not text.strip():
         raise InputError(
@@ -1529,49 +1954,62 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
             f"{location(path, 1)}: the top level must be a mapping (got {kind})",
             hint="write keys such as prompts:, tests:, models:",
         )
-    loader = _Loader(path)
+    loader = _Loader(path, skip_unsupported)
     loader.record(path, text)
     data = _resolve_refs(doc.data, doc, path)
-    data = _default_test_file(data, doc, loader)
-    try:
-        suite = Suite.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc, doc, path) from None
-    notes = []
+    notes: list[str] = []
+    data = _stray_keys(data, doc, path, notes)
+    data = loader.attempt(
+        "defaultTest",
+        loader.where(doc.line_of(("defaultTest",)), "defaultTest"),
+        partial(_default_test_file, data, doc, loader),
+    ) or {k: v for k, v in data.items() if k != "defaultTest"}
+    suite = loader.validate(Suite, data, doc, what="suite")
+    if suite is None:
+        raise _collected(loader.problems, path)
     repeat = suite.repeat
     pf_repeat = (suite.evaluateOptions or {}).get("repeat")
     if pf_repeat is not None:  # promptfoo's spelling of the same thing
         if not isinstance(pf_repeat, int) or isinstance(pf_repeat, bool) or pf_repeat < 1:
-            raise InputError(
-                f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: evaluateOptions.repeat "
-                f"must be a whole number >= 1, got {pf_repeat!r}"
+            loader.problems.append(
+                InputError(
+                    f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: "
+                    f"evaluateOptions.repeat must be a whole number >= 1, got {pf_repeat!r}"
+                )
             )
-        repeat = max(repeat, pf_repeat)
-    settings, varied = _settings(suite.params, doc, path)
+        else:
+            repeat = max(repeat, pf_repeat)
+    grid = loader.attempt(
+        "params",
+        loader.where(doc.line_of(("params",)), "params"),
+        partial(_settings, suite.params, doc, path),
+    )
+    settings, varied = grid if grid is not None else ([Params()], [])
     if suite.allow_code is not None:
         notes.append(
             f"{location(path, doc.line_of(('allow_code',)))}: allow_code: is ignored; a suite "
             "cannot give itself consent to run code (python checks need --allow-code, "
             "PROMPTLAB_ALLOW_CODE=1 or `promptlab trust` from the person running it)"
         )
-    ignored = [key for key in _IGNORED_TOP if getattr(suite, key) is not None]
-    if ignored:
-        line = min((doc.line_of((key,)) or 0) for key in ignored) or None
-        why = "; ".join(f"{key}: {_IGNORED_TOP[key]}" for key in ignored)
-        notes.append(
-            f"{location(path, line)}: promptfoo's {', '.join(ignored)} "
-            f"{'is' if len(ignored) == 1 else 'are'} ignored ({why})"
-        )
-    prompts = [p for i, spec in enumerate(suite.prompts) for p in loader.prompt(i, spec, doc)]
+    notes += _ignored_top_notes(suite, doc, path, repeat)
+    prompts: list[PromptDef] = []
+    for i, spec in enumerate(suite.prompts):
+        where = loader.where(doc.line_of(("prompts", i)), f"prompts[{i}]")
+        prompts += loader.attempt("prompt", where, partial(loader.prompt, i, spec, doc)) or []
     labels = [p.label for p in prompts]
     for p in prompts:
         if labels.count(p.label) > 1:
-            raise InputError(
-                f"{p.where}: two prompts are labelled '{p.label}'",
-                hint="give each a distinct label:",
+            loader.problems.append(
+                InputError(
+                    f"{p.where}: two prompts are labelled '{p.label}'",
+                    hint="give each a distinct label:",
+                )
             )
     tests = loader.tests(suite, doc)
-    models = loader.models(suite, doc)
+    models = (
+        loader.attempt("models", loader.where(None, "models"), partial(loader.models, suite, doc))
+        or []
+    )
     if model_override:
         chosen = [m for m in models if m.label == model_override]
         models = chosen or [
@@ -1579,22 +2017,31 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         ]
     for key in ("providers", "targets"):
         if getattr(suite, key) is not None:
-            names = ", ".join(m.label for m in models)
-            noun = "model" if len(models) == 1 else "models"
-            notes.insert(
-                0,
-                f"{location(path, doc.line_of((key,)))}: {key}: is ignored; running the local "
-                f"{noun} {names} instead (--model picks another)",
-            )
+            where = location(path, doc.line_of((key,)))
+            notes.insert(0, _providers_note(where, key, getattr(suite, key), models, suite))
     for m in models:
         longest = max(p.max_tokens for p in settings)
         if longest >= m.spec.n_ctx:
-            raise InputError(
-                f"{location(path, doc.line_of(('params', 'max_tokens')))}: params.max_tokens "
-                f"({longest}) must be smaller than n_ctx ({m.spec.n_ctx}) of "
-                f"model '{m.label}'",
-                hint="lower max_tokens or raise n_ctx",
+            loader.problems.append(
+                InputError(
+                    f"{location(path, doc.line_of(('params', 'max_tokens')))}: params.max_tokens "
+                    f"({longest}) must be smaller than n_ctx ({m.spec.n_ctx}) of "
+                    f"model '{m.label}'",
+                    hint="lower max_tokens or raise n_ctx",
+                )
             )
+    if loader.problems:
+        raise _collected(loader.problems, path)
+    if loader.skipped and not (prompts and (tests or not suite.tests)):
+        raise InputError(
+            f"{path}: --skip-unsupported left nothing to run (every "
+            f"{'prompt' if not prompts else 'test'} uses an unsupported feature)",
+            hint="see the notes for what was left out",
+        )
+    for item in loader.skipped:
+        notes.append(
+            f"{item['where']}: {item['what']} left out (--skip-unsupported): {item['why']}"
+        )
     return LoadedSuite(
         path=path,
         root=loader.root,
@@ -1611,7 +2058,170 @@ def load_suite(path: Path, model_override: str | None = None) -> LoadedSuite:
         notes=notes + loader.notes + loader.ignored_notes(),
         files=loader.files,
         claims_code=suite.allow_code is not None,
+        skipped=loader.skipped,
     )
+
+
+def _collected(problems: list[InputError], path: Path) -> InputError:
+    """The error for what load_suite found: the problem itself when there is one (as it always
+    read), else Problems with each on its own line. Unsupported features point at
+    --skip-unsupported."""
+    unique = list({p.one_line(): p for p in problems}.values())
+    if not unique:
+        return InputError(f"{path}: the suite could not be read", hint="run promptlab validate")
+    if len(unique) > 1:
+        return Problems(unique, path.name)
+    problem = unique[0]
+    if isinstance(problem, Unsupported):
+        hint = f"{problem.hint}; {SKIP_HINT}" if problem.hint else SKIP_HINT
+        return Unsupported(problem.message, hint=hint)
+    return problem
+
+
+# Close enough to a known key to be its typo (modles, promtps, test, parms): an error that says
+# which key was meant. Anything further away is a stray key, which promptfoo also ignores.
+_TYPO_CUTOFF = 0.75
+
+
+def _stray_keys(data: dict[str, Any], doc: YamlDoc, path: Path, notes: list[str]) -> dict[str, Any]:
+    """promptfoo warns about top-level keys it does not know and runs; so does promptlab, with a
+    note, for a key that is nobody's (`outputs:`). A near-miss of a known key stays an error
+    ("did you mean"), and so does a generation or model setting written at the top level, since
+    ignoring those would change the results."""
+    known = sorted(
+        {f.alias or n for n, f in Suite.model_fields.items()} | set(Suite.promptfoo_refused)
+    )
+    out = {}
+    for key, value in data.items():
+        name = str(key)
+        if key in known or difflib.get_close_matches(name, known, n=1, cutoff=_TYPO_CUTOFF):
+            out[key] = value  # validated (and a typo reported) with the rest
+            continue
+        at = location(path, doc.line_of((key,)))
+        if name in Params.model_fields or name in ModelSpec.model_fields:
+            under = "params" if name in Params.model_fields else "models"
+            raise InputError(
+                f"{at}: top level: unknown key '{name}'; it belongs under {under}:",
+                hint=f"move it: {under}: {{{name}: ...}}"
+                if under == "params"
+                else f"move it into each model: models: [{{path: ..., {name}: ...}}]",
+            )
+        notes.append(
+            f"{at}: unknown top-level key '{name}' is ignored, as promptfoo ignores it "
+            "(it changes nothing here; remove it to silence this note)"
+        )
+    return out
+
+
+def _ignored_top_notes(suite: Suite, doc: YamlDoc, path: Path, repeat: int) -> list[str]:
+    """One note for promptfoo's top-level keys that have no effect here. evaluateOptions is
+    named by the sub-keys that are ignored: its `repeat` is honoured."""
+    notes = []
+    options = dict(suite.evaluateOptions or {})
+    pf_repeat = options.pop("repeat", None)
+    ignored = []
+    for key in _IGNORED_TOP:
+        if getattr(suite, key) is None:
+            continue
+        if key == "evaluateOptions":
+            if options:
+                ignored.append((key, f"evaluateOptions ({', '.join(options)})"))
+        else:
+            ignored.append((key, key))
+    if ignored:
+        line = min((doc.line_of((key,)) or 0) for key, _ in ignored) or None
+        why = "; ".join(f"{name}: {_IGNORED_TOP[key]}" for key, name in ignored)
+        names = ", ".join(key for key, _ in ignored)
+        notes.append(
+            f"{location(path, line)}: promptfoo's {names} "
+            f"{'is' if len(ignored) == 1 else 'are'} ignored ({why})"
+        )
+    if pf_repeat is not None and repeat > 1:
+        notes.append(
+            f"{location(path, doc.line_of(('evaluateOptions', 'repeat')))}: "
+            f"evaluateOptions.repeat: each cell runs {repeat} times, with seeds seed, seed+1, … "
+            "(at temperature 0 the repeats give the same output)"
+        )
+    return notes
+
+
+# promptfoo's echo provider returns the prompt it was given. fake://echo does the same; this chat
+# template gives a chat prompt back as promptfoo would (its messages as JSON) and a plain prompt
+# as the text itself.
+_ECHO_CHAT = (
+    '{%- if messages|length == 1 and messages[0].role == "user" -%}{{ messages[0].content }}'
+    "{%- else -%}{{ messages|tojson(separators=(',', ':')) }}{%- endif -%}"
+)
+
+
+def _provider_ids(value: Any) -> list[tuple[str, str | None]]:
+    """(id, label) of each provider in promptfoo's forms: `id`, `[id, …]`, `[{id, label}]`,
+    `[{id: {label, config}}]` and `{id: {…}}`."""
+    if isinstance(value, str):
+        return [(value, None)]
+    if isinstance(value, dict):
+        items: list[Any] = [value] if "id" in value else [{k: v} for k, v in value.items()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return []
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, None))
+        elif isinstance(item, dict) and isinstance(item.get("id"), str):
+            label = item.get("label")
+            out.append((item["id"], label if isinstance(label, str) else None))
+        elif isinstance(item, dict) and len(item) == 1:
+            ((ident, options),) = item.items()
+            label = options.get("label") if isinstance(options, dict) else None
+            out.append((str(ident), label if isinstance(label, str) else None))
+    return out
+
+
+def _echo_models(suite: Suite) -> tuple[list[ModelSpec], list[str]]:
+    """The models that promptfoo's providers become when the suite names no `models:`: each
+    `echo` provider runs as fake://echo; all the others together are replaced by the bundled
+    default model (one model, not one per remote provider). Returns the specs and the ids of
+    the providers that were replaced."""
+    echo: list[ModelSpec] = []
+    others: list[str] = []
+    for key in ("providers", "targets"):
+        for ident, label in _provider_ids(getattr(suite, key)):
+            if ident == "echo":
+                echo.append(
+                    ModelSpec(path="fake://echo", label=label or "echo", chat_template=_ECHO_CHAT)
+                )
+            else:
+                others.append(ident)
+    if not echo:
+        return [], others
+    return echo + ([ModelSpec(path=DEFAULT_MODEL)] if others else []), others
+
+
+def _providers_note(where: str, key: str, value: Any, models: list[ModelDef], suite: Suite) -> str:
+    names = ", ".join(m.label for m in models)
+    noun = "model" if len(models) == 1 else "models"
+    ignored = f"{where}: {key}: is ignored; running the local {noun} {names} instead (--model picks another)"
+    ids = [ident for ident, _ in _provider_ids(value)]
+    echo_ran = any(
+        m.spec.path == "fake://echo" and m.spec.chat_template == _ECHO_CHAT for m in models
+    )
+    if "echo" not in ids or not echo_ran:
+        return ignored
+    text = (
+        f"{where}: {key}: promptfoo's echo runs as the fake://echo model, which returns the "
+        "rendered prompt as promptfoo's echo does"
+    )
+    others = [ident for ident in ids if ident != "echo"]
+    if others:
+        local = [m.label for m in models if m.spec.path != "fake://echo"]
+        text += (
+            f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} ignored, running the "
+            f"local model {', '.join(local) or DEFAULT_MODEL} in {'its' if len(others) == 1 else 'their'} "
+            "place (--model picks another)"
+        )
+    return text
 
 
 def _settings(raw: dict[str, Any], doc: YamlDoc, path: Path) -> tuple[list[Params], list[str]]:

@@ -31,6 +31,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from promptlab import files
 from promptlab.errors import InputError, location
+from promptlab.yamlio import SURROGATE, surrogate_error
 
 ROLES = ("system", "user", "assistant")
 _OPEN = "\ue000"  # private-use code points: never produced by real text or tokenizers' output
@@ -98,7 +99,26 @@ class ProjectLoader(jinja2.BaseLoader):
         return text, str(path), lambda: path.is_file() and path.stat().st_mtime_ns == mtime
 
 
+# The sandbox bounds range() but not `'a' * 10**11` or `9 ** 9 ** 9`, which would take the
+# machine's memory or minutes before any error: such results are refused up front.
+MAX_RENDERED = 1 << 26  # items of a repeated string or list: the size of the largest input file
+
+
 class _Env(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, (str, list, tuple)) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_RENDERED:
+                    raise SecurityError(f"* makes a value past {MAX_RENDERED} items")
+        elif operator == "**":
+            huge = isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+            if huge and right > 4096:
+                raise SecurityError(f"{left} ** {right} is too large a number")
+        return super().call_binop(context, operator, left, right)
+
     def join_path(self, template: str, parent: str) -> str:
         # `./x` and `../x` resolve against the including template; other names against the root.
         if template.startswith(("./", "../")):
@@ -151,6 +171,8 @@ class TemplateEnv:
             return self.env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
             raise self._syntax_error(exc, path) from None
+        except RecursionError:
+            raise InputError(f"{path}: template nested too deeply", hint="simplify it") from None
         except OutsideProjectError as exc:
             raise InputError(f"{path}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
@@ -169,6 +191,8 @@ class TemplateEnv:
                 f"{exc.message}",
                 hint="fix the template syntax",
             ) from None
+        except RecursionError:
+            raise InputError(f"{where}: template nested too deeply", hint="simplify it") from None
         self._inline[source] = template
         return template
 
@@ -205,7 +229,10 @@ class TemplateEnv:
 
     def render(self, template: jinja2.Template, variables: Mapping[str, Any], where: str) -> str:
         try:
-            return template.render(variables)
+            text = template.render(variables)
+            if SURROGATE.search(text):  # e.g. from '\udc80' in the template: not writable as UTF-8
+                raise surrogate_error(f"{where}: {_shown(template)}", text)
+            return text
         except jinja2.UndefinedError as exc:
             line = _template_line(exc, template.filename)
             at = location(_shown(template), line)
@@ -232,6 +259,10 @@ class TemplateEnv:
         except jinja2.TemplateError as exc:
             line = _template_line(exc, template.filename)
             raise InputError(f"{where}: {location(_shown(template), line)}: {exc}") from None
+        except RecursionError:  # an include or macro that calls itself
+            raise InputError(
+                f"{where}: {_shown(template)}: recursion too deep (does it include itself?)"
+            ) from None
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             line = _template_line(exc, template.filename)
             raise InputError(

@@ -304,6 +304,7 @@ def test_resume_refusals(project: Project, cli: Cli) -> None:
     assert r.code == 2 and "evals/s.yaml changed since this run started" in r.err
     r = cli("run", "evals/s.yaml", "--resume", "half")
     assert r.code == 2 and "drop SUITE" in r.err
+    project.write("evals/t.yaml", SUITE)  # with one suite in evals/, `run` alone would run it
     assert cli("run").code == 2
 
 

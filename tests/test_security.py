@@ -83,6 +83,9 @@ HEAD = 'models: ["fake://echo"]\n'
 SITE_CASES: dict[str, list[str]] = {
     "Suite.prompts": ['prompts: ["file://{D}secret.txt"]\n' + HEAD],
     "PromptSpec.id": ['prompts: [{id: "file://{D}secret.txt", label: p}]\n' + HEAD],
+    "PromptSpec.messages": [
+        'prompts: [{messages: [{role: user, content: "file://{D}secret.txt"}]}]\n' + HEAD
+    ],
     "Suite.tests": ['prompts: ["{{ x }}"]\n' + HEAD + 'tests: "file://{D}secret.csv"\n'],
     "Suite.vars": ['prompts: ["{{ x }}"]\n' + HEAD + 'vars: {x: "file://{D}secret.txt"}\n'],
     "TestSpec.vars": [
