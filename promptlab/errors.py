@@ -70,8 +70,13 @@ class Problems(InputError):
         # Where one line is all there is room for (str(), the manifest): every problem, in order.
         return " | ".join(self.lines())
 
+    SHOWN = 30  # a thousand tests missing one variable need not print a thousand lines
+
     def lines(self) -> list[str]:
-        return [p.one_line() for p in self.problems] + [super().one_line()]
+        shown = [p.one_line() for p in self.problems[: self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            shown.append(f"… and {len(self.problems) - self.SHOWN} more")
+        return [*shown, super().one_line()]
 
 
 class BackendError(PromptlabError):

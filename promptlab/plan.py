@@ -19,7 +19,7 @@ from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_g
 from promptlab.backends.fake import confine_rules
 from promptlab.chat import ChatTemplate
 from promptlab.consent import CodeMode
-from promptlab.errors import InputError
+from promptlab.errors import InputError, Problems
 from promptlab.gguf import GGUFInfo
 from promptlab.models import gguf_info, resolve
 from promptlab.suite import (
@@ -390,11 +390,17 @@ def build_plan(
     total = 0
     kept_tests: list[int] = []
     sampled: set[int] | None = None
-    rendered: dict[tuple[int, int], tuple[list[Message], bool]] = {}
+    rendered: dict[tuple[int, int], tuple[list[Message], bool] | None] = {}
     checks: dict[int, list[assertions.Check]] = {}
     test_transforms: dict[int, transforms.Transform | None] = {}
     aux: dict[str, PlannedModel] = {}
     code_used: list[str] = []
+    # Every problem found while planning is reported at once, like the loader's (one line each).
+    problems: dict[str, InputError] = {}
+
+    def found(exc: InputError) -> None:
+        problems.setdefault(exc.one_line(), exc)
+
     for test in suite.tests:
         env = assertions.PrepareEnv(
             base=suite.path.parent,
@@ -404,15 +410,23 @@ def build_plan(
             templates=suite.env,
             variables=test.vars,
         )
-        checks[test.index] = _prepare_checks(suite, test, test.checks, env)
-        test_transforms[test.index] = transforms.parse(
-            test.transform,
-            where=test.where,
-            base=suite.path.parent,
-            root=suite.root,
-            code=code,
-            code_used=code_used,
-        )
+        try:
+            checks[test.index] = _prepare_checks(suite, test, test.checks, env)
+        except InputError as exc:
+            found(exc)
+            checks[test.index] = []
+        try:
+            test_transforms[test.index] = transforms.parse(
+                test.transform,
+                where=test.where,
+                base=suite.path.parent,
+                root=suite.root,
+                code=code,
+                code_used=code_used,
+            )
+        except InputError as exc:
+            found(exc)
+            test_transforms[test.index] = None
         for provider, where in _providers(checks[test.index]).items():
             if provider not in aux:
                 aux[provider] = _plan_model(
@@ -420,11 +434,15 @@ def build_plan(
                     ModelDef(_provider_label(provider), ModelSpec(path=provider), where),
                     p.seed,
                 )
-    grammars = {
-        pi: _grammar(prompt.config, prompt.where, suite.path.parent, suite.root)
-        or _grammar(p, f"{suite.path}: params", suite.path.parent, suite.root)
-        for pi, prompt in enumerate(suite.prompts)
-    }
+    grammars: dict[int, Any] = {}
+    for pi, prompt in enumerate(suite.prompts):
+        try:
+            grammars[pi] = _grammar(
+                prompt.config, prompt.where, suite.path.parent, suite.root
+            ) or _grammar(p, f"{suite.path}: params", suite.path.parent, suite.root)
+        except InputError as exc:
+            found(exc)
+            grammars[pi] = None
     if sel.sample is not None:
         import random  # noqa: PLC0415
 
@@ -451,8 +469,15 @@ def build_plan(
             for pi, prompt in enumerate(suite.prompts):
                 total += len(points)
                 if (pi, test.index) not in rendered:
-                    rendered[(pi, test.index)] = _render_messages(suite, prompt, test)
-                messages, had_roles = rendered[(pi, test.index)]
+                    try:
+                        rendered[(pi, test.index)] = _render_messages(suite, prompt, test)
+                    except InputError as exc:
+                        found(exc)
+                        rendered[(pi, test.index)] = None
+                done = rendered[(pi, test.index)]
+                if done is None:
+                    continue
+                messages, had_roles = done
                 if matcher is not None and not matcher.search(f"{prompt.label} {test_hay}"):
                     continue
                 if prompt_rx is not None and not prompt_rx.search(prompt.label):
@@ -471,11 +496,16 @@ def build_plan(
                     chat_applied, add_bos = True, False  # the template writes BOS itself
                 else:
                     if had_roles:
-                        raise InputError(
-                            f"{prompt.where}: prompt '{prompt.label}' has chat roles but model "
-                            f"'{model.label}' has no chat template (a base model, or chat: false)",
-                            hint="use a plain-text prompt for it, or set chat_template: on the model",
+                        found(
+                            InputError(
+                                f"{prompt.where}: prompt '{prompt.label}' has chat roles but "
+                                f"model '{model.label}' has no chat template (a base model, or "
+                                "chat: false)",
+                                hint="use a plain-text prompt for it, or set chat_template: on "
+                                "the model",
+                            )
                         )
+                        continue
                     text = messages[0].content
                     chat_applied, add_bos = False, True  # llama.cpp adds BOS iff the GGUF says so
                 for setting_params, repeat in points:
@@ -508,6 +538,9 @@ def build_plan(
                             order=order,
                         )
                     )
+    if problems:
+        every = list(problems.values())
+        raise every[0] if len(every) == 1 else Problems(every, suite.path.name)
     return Plan(suite, models, cells, sampling, total, aux, list(dict.fromkeys(code_used)))
 
 

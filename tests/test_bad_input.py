@@ -576,3 +576,30 @@ def test_bad_input_exits_2_with_one_line(
                 assert _tree(out) == before  # the earlier run is untouched
             else:
                 assert not out.exists()
+
+
+def test_planning_problems_are_reported_all_at_once(
+    project: Project, cli: Callable[..., CliResult]
+) -> None:
+    # Problems found while rendering (undefined variables, chat roles on a model without a
+    # chat template) come together, one line each, like the loader's; nothing is written.
+    suite = project.write(
+        "evals/s.yaml",
+        'prompts: ["hi {{ x }}", "yo {{ y }}",'
+        " [{role: system, content: s}, {role: user, content: u}]]\n"
+        "models: [fake://echo]\n"
+        "tests:\n  - vars: {x: 1}\n  - vars: {y: 2}\n",
+    )
+    for command in ("validate", "run"):
+        result = cli(command, suite)
+        lines = result.err.strip().splitlines()
+        assert result.code == 2, result.err
+        assert len(lines) == 4, lines
+        assert sum("'y' is undefined" in line for line in lines) == 1, lines
+        assert sum("'x' is undefined" in line for line in lines) == 1, lines
+        # The same problem in two cells (two tests of the chat prompt) is said once.
+        assert sum("has chat roles" in line for line in lines) == 1, lines
+        assert lines[-1] == "error: 3 problems in s.yaml"
+        assert "Traceback" not in result.err
+    assert not (project.root / "evals" / "results").exists()
+    assert not (project.root / "results").exists()
