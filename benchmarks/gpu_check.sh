@@ -134,7 +134,6 @@ suite["models"] = [
 ]
 yaml.safe_dump(suite, open(sys.argv[3], "w", encoding="utf-8"), sort_keys=False, allow_unicode=True)
 EOF
-  COPIES+=("$copy")
   echo "$copy"
 }
 
@@ -143,6 +142,7 @@ for suite in evals/example.yaml benchmarks/suites/long_generation.yaml; do
   name="$(basename "$suite" .yaml)"
   for ngl in -1 0; do
     copy="$(suite_with_layers "$suite" "$ngl" 1)" # one stream: comparable with llama-bench tg
+    COPIES+=("$copy") # here, not in the function: $(...) runs it in a subshell
     out="$WORK/runs/$name-ngl$ngl"
     rm -rf "$out"
     TR="$(date +%s.%N)"
@@ -189,6 +189,7 @@ echo
 SWEEP=()
 for p in 1 4 8 16; do
   copy="$(suite_with_layers benchmarks/suites/long_generation.yaml -1 "$p")"
+  COPIES+=("$copy")
   out="$WORK/runs/parallel-$p"
   rm -rf "$out"
   rc=0

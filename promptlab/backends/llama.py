@@ -60,6 +60,7 @@ from promptlab.backends.llama_engine import (
     Engine,
     Verdict,
     self_test,
+    tokenize,
 )
 from promptlab.errors import BackendError
 
@@ -460,16 +461,7 @@ class LlamaBackend:
     # --- tokens --------------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        # special=True: control tokens written in a template (e.g. <|im_start|>) are real tokens,
-        # matching what llama-cpp-python's own chat and completion paths do.
-        raw = text.encode("utf-8")
-        size = len(raw) + 16
-        while True:
-            buf = (llama_lib.llama_token * size)()
-            n = llama_lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_bos, True)
-            if n >= 0:
-                return list(buf[:n])
-            size = -n
+        return tokenize(self.vocab, text, add_bos)
 
     def count_tokens(self, text: str, add_bos: bool) -> int:
         return len(self.tokenize(text, add_bos))

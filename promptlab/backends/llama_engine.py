@@ -75,6 +75,19 @@ def context_params(settings: Any, slots: int, slot_ctx: int, *, embeddings: bool
     return cp
 
 
+def tokenize(vocab: Any, text: str, add_bos: bool) -> list[int]:
+    """`text` as the model's tokens. parse_special: control tokens written in a template
+    (<|im_start|>) are real tokens, as in llama-cpp-python's own chat and completion paths."""
+    raw = text.encode("utf-8")
+    size = len(raw) + 16
+    while True:
+        buf = (lib.llama_token * size)()
+        n = lib.llama_tokenize(vocab, raw, len(raw), buf, size, add_bos, True)
+        if n >= 0:
+            return list(buf[:n])
+        size = -n
+
+
 class Context:
     """A llama_context with `slots` streams of `slot_ctx` cells and one reusable batch."""
 
@@ -235,16 +248,7 @@ class Engine:
     # --- tokens -------------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        # parse_special: control tokens written in a template (<|im_start|>) are real tokens, as
-        # in llama-cpp-python's own paths.
-        raw = text.encode("utf-8")
-        size = len(raw) + 16
-        while True:
-            buf = (lib.llama_token * size)()
-            n = lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_bos, True)
-            if n >= 0:
-                return list(buf[:n])
-            size = -n
+        return tokenize(self.vocab, text, add_bos)
 
     def piece(self, token: int, special: bool = False) -> bytes:
         key = (token, special)
