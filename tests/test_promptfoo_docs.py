@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import Project
 
 from promptlab import core
 from promptlab.errors import ExitCode, InputError
-from tests.conftest import Project
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "promptfoo.md"
 

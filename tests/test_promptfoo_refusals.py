@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import CliResult, Project
 
 from promptlab.errors import InputError, Problems, Unsupported
 from promptlab.suite import load_suite
-from tests.conftest import CliResult, Project
 
 Cli = Callable[..., CliResult]
 
