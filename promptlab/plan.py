@@ -18,7 +18,7 @@ from promptlab import assertions, files, transforms
 from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
 from promptlab.backends.fake import confine_rules
 from promptlab.chat import ChatTemplate
-from promptlab.consent import CodeMode
+from promptlab.consent import CodeMode, ConsentError
 from promptlab.errors import InputError, Problems
 from promptlab.gguf import GGUFInfo
 from promptlab.models import gguf_info, resolve
@@ -399,6 +399,9 @@ def build_plan(
     problems: dict[str, InputError] = {}
 
     def found(exc: InputError) -> None:
+        if isinstance(exc, ConsentError):
+            # Not a problem of the suite but a decision for the person: one line, at once.
+            raise exc
         problems.setdefault(exc.one_line(), exc)
 
     for test in suite.tests:
