@@ -287,14 +287,30 @@ def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
     return Cache(opts.path or default_cache_path(root), read=not opts.refresh, write=True)
 
 
-def measure_load(seconds: float = 0.1) -> float | None:
-    """How many CPUs' worth of work other processes did over `seconds` (Linux: /proc/stat),
-    else the 1-minute load average; None where neither is known."""
+def _cpu_snapshot() -> tuple[float, float, float] | None:
     from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
 
-    before = tuning._cpu_snapshot()
+    return tuning._cpu_snapshot()
+
+
+# The load window opens when promptlab starts: loading and planning the suite take longer than
+# the sample needs, so a run measures the load over that time (minus its own CPU) instead of
+# sleeping for it (a cached rerun has no 100 ms to spare).
+_STARTED = _cpu_snapshot()
+_WINDOW_MAX_S = 5.0  # older than this (a notebook, a long test session): sample afresh
+
+
+def measure_load(seconds: float = 0.1) -> float | None:
+    """How many CPUs' worth of work other processes did over at least `seconds` (Linux:
+    /proc/stat, since promptlab started where that is recent), else the 1-minute load average;
+    None where neither is known."""
+    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+
+    before = _STARTED
+    if before is None or time.perf_counter() - before[2] > _WINDOW_MAX_S:
+        before = _cpu_snapshot()
     if before is not None:
-        time.sleep(seconds)
+        time.sleep(max(0.0, seconds - (time.perf_counter() - before[2])))
         share = tuning._others_share(before)
         if share is not None:
             return share * (os.cpu_count() or 1)

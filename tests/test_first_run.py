@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -578,3 +579,23 @@ def test_a_run_killed_while_reporting_is_not_complete_and_resume_finishes_it(
     assert (out / "report.html").is_file() and len(rows_of(out)) == 1
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<b>reporting</b>" not in html
+
+
+def test_load_is_measured_over_the_start_up_without_sleeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The window opened when promptlab started; once it is 0.1 s old there is nothing to wait
+    # for. A window older than a few seconds is replaced by a fresh 0.1 s sample.
+    from promptlab import core
+
+    snap = core._cpu_snapshot()
+    if snap is None:
+        pytest.skip("no /proc/stat here")
+    busy, own, wall = snap
+    monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 1.0))
+    t0 = time.perf_counter()
+    load = core.measure_load()
+    assert load is not None and load >= 0 and time.perf_counter() - t0 < 0.05
+    monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 60.0))
+    t0 = time.perf_counter()
+    assert core.measure_load() is not None and time.perf_counter() - t0 >= 0.09
