@@ -311,7 +311,8 @@ def _conclude(
     from promptlab.termsafe import json_visible
 
     rows = read_results(folder)
-    outcome = gates.conclude(folder, rows, gate_opts, junit=junit, manifest=read_manifest(folder))
+    manifest = read_manifest(folder)
+    outcome = gates.conclude(folder, rows, gate_opts, junit=junit, manifest=manifest)
     console.print_gates(outcome, to_stderr=as_json)
     if as_json:
         paths: dict[str, Path | None] = {
@@ -335,6 +336,7 @@ def _conclude(
                     outcome=outcome,
                     reports=paths,
                     error=str(error) if error is not None else None,
+                    skipped=(manifest or {}).get("skipped"),
                 )
             )
         )

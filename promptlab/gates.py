@@ -365,6 +365,7 @@ def summary_json(
     outcome: Outcome,
     reports: dict[str, Path | None],
     error: str | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> str:
     checked = (totals.get("cells") or 0) - (totals.get("unchecked") or 0)
     data = {
@@ -377,6 +378,8 @@ def summary_json(
         },
         "summary": summary,
         "comparisons": comparisons,
+        # What --skip-unsupported left out: a partial run must not pass for a full one.
+        "skipped": skipped or [],
         "baseline": outcome.comparison.as_dict() if outcome.comparison is not None else None,
         "gates": {
             "active": bool(outcome.gates),

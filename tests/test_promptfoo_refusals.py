@@ -133,6 +133,18 @@ def test_skip_unsupported_runs_the_rest_and_says_so(project: Project, cli: Cli) 
     )
 
 
+def test_skip_unsupported_is_in_the_json_summary(project: Project, cli: Cli) -> None:
+    path = Path("evals/s.yaml")
+    project.write(str(path), TWO_UNSUPPORTED)
+    out = project.root / "out"
+    result = cli("run", path, "--skip-unsupported", "-o", out, "--format", "json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert [s["what"] for s in data["skipped"]] == ["check", "check", "test"]
+    full = cli("run", path, "-o", project.root / "o2", "--format", "json")
+    assert full.code == 2  # without the flag it is refused, and there is no summary at all
+
+
 def test_skip_unsupported_still_refuses_other_problems(project: Project) -> None:
     path = project.write(
         "evals/s.yaml",
