@@ -283,3 +283,42 @@ def test_docs_no_longer_contradict_the_cache_and_repeat() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert "there is none" not in text  # the result cache exists (README: Result cache)
     assert "`repeat` above 1 is refused" not in text
+
+
+# Prompt forms whose row the page documents, each with the files and `prompts:` that try it.
+PROMPT_FORMS: dict[str, tuple[dict[str, str], list[Any]]] = {
+    "file://prompts.csv": (
+        {"evals/prompts.csv": "prompt,label\nSay {{ x }},a\n"},
+        ["file://prompts.csv"],
+    ),
+    ".jsonl": ({"evals/p.jsonl": '{"prompt": "hi"}\n'}, ["file://p.jsonl"]),
+    "{messages: [{role, content}], label}": (
+        {},
+        [{"messages": [{"role": "user", "content": "Say {{ x }}"}], "label": "m"}],
+    ),
+    "file://prompt.py:fn": (
+        {"evals/prompt.py": "def fn(context):\n    return 'hi'\n"},
+        ["file://prompt.py:fn"],
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(PROMPT_FORMS))
+def test_prompt_form_does_what_the_docs_say(project: Project, form: str) -> None:
+    rows = dict(_rows("## Prompts"))
+    (row,) = [text for first, text in rows.items() if f"`{form}`" in first]
+    claim = _claim(row)
+    files, prompts = PROMPT_FORMS[form]
+    for rel, text in files.items():
+        project.write(rel, text)
+    # promptfoo's echo provider: a chat prompt needs a model with a chat template, which the
+    # echo mapping has and a bare fake:// model has not.
+    body = {"prompts": prompts, "providers": ["echo"], "tests": [{"vars": {"x": "1"}}]}
+    path = project.write("evals/s.yaml", yaml.safe_dump(body, sort_keys=False))
+    try:
+        core.prepare(path)
+        outcome, error = "loads", ""
+    except InputError as exc:
+        outcome, error = "refused", exc.one_line()
+    expected = "refused" if claim == "refused" else "loads"
+    assert outcome == expected, f"{form}: documented as {claim}, but {outcome}: {error}"
