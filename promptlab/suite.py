@@ -39,7 +39,7 @@ from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, locat
 from promptlab.files import find_project_root, read_text
 from promptlab.models import BUNDLED, DEFAULT_MODEL
 from promptlab.templates import TemplateEnv, sha256_text
-from promptlab.yamlio import YamlDoc, load_json, load_yaml
+from promptlab.yamlio import YamlDoc, dotted, field_path, load_json, load_yaml
 
 
 def _files(what: str) -> dict[str, Any]:
@@ -722,13 +722,6 @@ class LoadedSuite:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def _field_path(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def validation_error(
     exc: ValidationError,
     doc: YamlDoc | None,
@@ -759,9 +752,9 @@ def validation_errors(
             key = err.get("ctx", {}).get("key", "")
             loc = (*loc, key)
             msg = err["msg"]
-            field_name = _field_path(loc[:-1]) or "top level"
+            field_name = field_path(loc[:-1])
         else:
-            field_name = _field_path(loc) or "top level"
+            field_name = field_path(loc)
             msg = err["msg"]
             if err["type"] == "missing":
                 msg = f"missing required key; add {loc[-1]}:"
@@ -769,7 +762,7 @@ def validation_errors(
         if err["type"] not in _NO_INPUT and "input" in err:
             got = f" (got {json.dumps(err['input'], default=str)[:60]})"
         at = doc.line_of(loc) if doc is not None else line
-        key_path = _field_path(loc)
+        key_path = dotted(loc)
         kind = Unsupported if err["type"] == "promptfoo_refused" else InputError
         if key_path in found:
             msgs = found[key_path][4]
@@ -939,7 +932,7 @@ class _Loader:
             for loc, err in issues:
                 rel = loc[len(prefix) :]
                 if isinstance(err, Unsupported) and self.skip_unsupported:
-                    where = location(path, doc.line_of(loc) if doc else line, _field_path(loc))
+                    where = location(path, doc.line_of(loc) if doc else line, dotted(loc))
                     in_check = "assert" in rel
                     if model is Suite and rel[:1] == ("defaultTest",) and not in_check:
                         # defaultTest's own key (options.prefix, …) changes every test
@@ -955,7 +948,7 @@ class _Loader:
                         return None
                     else:
                         at = doc.line_of(prefix) if doc and prefix else line
-                        self.skip(what, location(path, at, _field_path(prefix) or None), err)
+                        self.skip(what, location(path, at, dotted(prefix) or None), err)
                         return None
                 else:
                     self.problems.append(err)
@@ -1216,7 +1209,7 @@ class _Loader:
             )
         return self._message_parts(
             [
-                (msg, location(path, doc.line_of(loc) if doc else None, _field_path(loc)))
+                (msg, location(path, doc.line_of(loc) if doc else None, dotted(loc)))
                 for msg, loc in entries
             ],
             file_refs=False,
@@ -1367,7 +1360,7 @@ class _Loader:
         raw: list[TestDef] = []
         for entry, loc in entries:
             line = doc.line_of(loc)
-            where = self.where(line, _field_path(loc))
+            where = self.where(line, dotted(loc))
             if isinstance(entry, str):
                 if not entry.startswith("file://"):
                     self.problems.append(
@@ -1427,11 +1420,11 @@ class _Loader:
             return None
         checks = []
         for j, a in enumerate(spec.assert_):
-            at = self.where(doc.line_of((*loc, "assert", j)), f"{_field_path(loc)}.assert[{j}]")
+            at = self.where(doc.line_of((*loc, "assert", j)), f"{dotted(loc)}.assert[{j}]")
             check = self.attempt("check", at, partial(self.check, a, at))
             if check is not None:
                 checks.append(check)
-        test_vars = self.vars(spec.vars, _field_path(loc) + ".vars", doc, loc)
+        test_vars = self.vars(spec.vars, dotted(loc) + ".vars", doc, loc)
         return self.finish(TestDef(0, spec.description, test_vars, checks, where), spec)
 
     def expand(self, test: TestDef) -> list[TestDef]:
@@ -2278,7 +2271,7 @@ def _resolve_refs(data: Any, doc: YamlDoc, path: Path) -> Any:
                 return {**resolved, **rest} if isinstance(resolved, dict) else resolved
             is_check = len(loc) >= 2 and loc[-2] == "assert" and isinstance(loc[-1], int)
             if is_check or ref.startswith("#/assertionTemplates/"):
-                where = location(path, doc.line_of(loc), _field_path(loc) or None)
+                where = location(path, doc.line_of(loc), dotted(loc) or None)
                 if not ref.startswith("#/"):
                     raise InputError(
                         f"{where}: $ref {ref!r}: only references into this file (#/...) are read",

@@ -67,12 +67,17 @@ class YamlDoc:
         return line
 
 
-def field_path(loc: Sequence[int | str]) -> str:
-    """('tests', 0, 'vars', 'x') → tests[0].vars.x"""
+def dotted(loc: Sequence[int | str]) -> str:
+    """('tests', 0, 'vars', 'x') → tests[0].vars.x; () → ''."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "top level"
+    return out
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """dotted(loc), with the document itself named "top level"."""
+    return dotted(loc) or "top level"
 
 
 def _line(node: yaml.Node) -> int:
