@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptlab import files
+from promptlab import files, model_sources
 from promptlab.errors import InputError
 from promptlab.gguf import GGUFInfo, read_gguf
 
@@ -130,6 +130,8 @@ BUNDLED: dict[str, Bundled] = {
 
 def resolve(spec: str, base: Path, where: str) -> Path:
     """Turn a model alias or path (relative to the suite's folder) into a GGUF path."""
+    if model_sources.is_source(spec):  # ollama:NAME, hf://OWNER/REPO/...
+        return model_sources.resolve(spec, where)
     if spec in BUNDLED:
         bundled = BUNDLED[spec]
         path = bundled.locate()

@@ -26,6 +26,7 @@ from promptlab.backends import (
 )
 from promptlab.cache import Cache, engine_id, make_key
 from promptlab.errors import InputError
+from promptlab.model_sources import source_record
 from promptlab.models import describe
 from promptlab.plan import Cell, Plan, PlannedModel, schedule
 from promptlab.store import RunWriter
@@ -101,6 +102,7 @@ def model_record(model: PlannedModel) -> dict[str, Any]:
     record: dict[str, Any] = {"label": model.label, "spec": model.spec_path}
     if model.gguf is not None and not isinstance(model.path, str):
         record.update(describe(model.path, model.gguf))
+        record.update(source_record(model.spec_path, model.path))
     else:
         record["path"] = str(model.path)
     record["chat_template_source"] = model.chat_source

@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from promptlab import assertions, files, transforms
+from promptlab import assertions, files, model_sources, transforms
 from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, location
 from promptlab.files import find_project_root, read_text
 from promptlab.models import BUNDLED, DEFAULT_MODEL
@@ -352,7 +352,9 @@ class ModelSpec(Strict):
 
     path: str = Field(
         description="A .gguf file (relative to the suite; model files may live outside the "
-        "project) or a bundled alias: smollm2, gemma3. fake://rules?file=x.json reads a rules file",
+        "project), a bundled alias (smollm2, gemma3), an Ollama model (ollama:NAME[:TAG]) or a "
+        "hub file (hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:Q4_K_M, optionally @REVISION). "
+        "fake://rules?file=x.json reads a rules file",
         json_schema_extra=_files("fake-backend rules file"),
     )
     label: str | None = Field(
@@ -997,6 +999,7 @@ class _Loader:
             return None
         if not (
             ident in BUNDLED
+            or model_sources.is_source(ident)
             or ident.endswith(".gguf")
             or ident.startswith("fake://")
             or (self.base / ident).is_file()
@@ -1774,11 +1777,7 @@ class _Loader:
                 )
             else:
                 where = self.where(None, "models (default)")
-            label = spec.label or (
-                spec.path
-                if "/" not in spec.path and not spec.path.endswith(".gguf")
-                else Path(spec.path).stem
-            )
+            label = spec.label or _override_label(spec.path)
             out.append(ModelDef(label, spec, where))
         labels = [m.label for m in out]
         for lab in labels:
@@ -2309,4 +2308,7 @@ def _default_test_file(data: dict[str, Any], doc: YamlDoc, loader: _Loader) -> d
 
 
 def _override_label(spec: str) -> str:
+    named = model_sources.default_label(spec)  # ollama:NAME, hf://OWNER/REPO/...
+    if named is not None:
+        return named
     return spec if "/" not in spec and not spec.endswith(".gguf") else Path(spec).stem
