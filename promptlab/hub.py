@@ -216,7 +216,7 @@ def _error(ref: Ref, exc: Exception, where: str) -> Exception:
     if isinstance(exc, hf.RemoteEntryNotFoundError):
         return InputError(
             f"{where}: {ref.repo} has no file {ref.file} at {ref.revision}",
-            hint=f"list its files with `hf ls {ref.repo}`, or use hf://{ref.repo}:QUANT",
+            hint=f"list its files with `hf models ls {ref.repo}`, or use hf://{ref.repo}:QUANT",
         )
     import httpx2  # noqa: PLC0415 - huggingface_hub's HTTP client
 

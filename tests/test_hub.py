@@ -364,7 +364,7 @@ def test_hub_errors_are_one_line(served: Hub, tmp_path: Path) -> None:
         "hf://acme/tiny-GGUF/missing.gguf": {
             "code": 2,
             "error": "models[0]: acme/tiny-GGUF has no file missing.gguf at main; list its files "
-            "with `hf ls acme/tiny-GGUF`, or use hf://acme/tiny-GGUF:QUANT",
+            "with `hf models ls acme/tiny-GGUF`, or use hf://acme/tiny-GGUF:QUANT",
         },
         "hf://acme/tiny-GGUF/tiny-Q8_0.gguf@nope": {
             "code": 2,

@@ -563,6 +563,8 @@ RAW_READS_ALLOWED = {
     "assertions.py": "promptlab's packaged judge prompt",
     "backends/llama.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
     "report.py": "the statistics memo in ~/.cache/promptlab",
+    "ollama.py": "Ollama's manifests and small layer blobs (its store lives outside the project)",
+    "hub.py": "the hub cache's refs, in huggingface_hub's own layout",
 }
 _RAW_READ = re.compile(
     r"(?<!files)\.read_text\(|\.read_bytes\(|(?<![\w.])open\(|\.open\(|fdopen\(|spec_from_file_location"
