@@ -19,13 +19,11 @@ recomputed like any other, counted in `read_errors` and named once in a note, so
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import sqlite3
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,28 +46,6 @@ def make_key(**parts: Any) -> str:
         {"v": SCHEMA_VERSION, **parts}, sort_keys=True, ensure_ascii=False, default=str
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def engine_id() -> str:
-    """Identifies the llama.cpp build without importing it (importing loads the library)."""
-    from promptlab.models import file_sha256  # noqa: PLC0415 - avoid an import cycle
-
-    try:
-        dist = metadata.distribution("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        return "llama-cpp-python: not installed"
-    libs = sorted(
-        str(f)
-        for f in dist.files or []
-        if str(f).endswith((".so", ".dylib", ".dll")) or ".so." in str(f)
-    )
-    digests = []
-    for name in libs:
-        path = Path(str(dist.locate_file(name)))
-        if path.is_file():
-            digests.append(f"{Path(name).name}:{file_sha256(path)[:16]}")
-    return f"llama-cpp-python {dist.version} " + ",".join(digests)
 
 
 class Cache:

@@ -20,8 +20,8 @@ from promptlab.backends.fake import confine_rules
 from promptlab.chat import ChatTemplate
 from promptlab.consent import CodeMode, ConsentError
 from promptlab.errors import InputError, Problems
-from promptlab.gguf import GGUFInfo
 from promptlab.models import gguf_info, resolve
+from promptlab.models.gguf import GGUFInfo
 from promptlab.suite import (
     CheckDef,
     Constraint,

@@ -24,9 +24,9 @@ from promptlab.backends import (
     json_schema_to_grammar,
     open_backend,
 )
-from promptlab.cache import Cache, engine_id, make_key
+from promptlab.cache import Cache, make_key
 from promptlab.errors import InputError
-from promptlab.models import describe
+from promptlab.models import describe, engine_id
 from promptlab.plan import Cell, Plan, PlannedModel, schedule
 from promptlab.store import RunWriter
 from promptlab.templates import Message

@@ -231,7 +231,7 @@ class Reference:
 
 def _chat_context() -> str:
     from promptlab.chat import ChatTemplate
-    from promptlab.gguf import read_gguf
+    from promptlab.models.gguf import read_gguf
     from promptlab.templates import Message
 
     info = read_gguf(_model_path("smollm2"))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from promptlab.errors import InputError
-from promptlab.gguf import is_gguf, read_gguf
 from promptlab.models import BUNDLED
+from promptlab.models.gguf import is_gguf, read_gguf
 
 # GGUF value type ids
 U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)

@@ -311,7 +311,7 @@ def test_sha256_is_cached(project: Project, monkeypatch: pytest.MonkeyPatch) -> 
     stored = json.loads((cache / "sha256.json").read_text())
     assert first["sha256"] in stored.values()
 
-    from promptlab.gguf import read_gguf
+    from promptlab.models.gguf import read_gguf
 
     info = read_gguf(path)
     start = time.perf_counter()

@@ -204,8 +204,8 @@ _KV_BUDGET = 4 << 30
 
 
 def _verdict_file(path: Path, settings: LoadSettings, n_gpu_layers: int, widths: int) -> Path:
-    from promptlab.cache import engine_id  # noqa: PLC0415 - hashes the shared libraries once
-    from promptlab.models import cache_dir, file_identity  # noqa: PLC0415
+    # engine_id hashes the shared libraries once
+    from promptlab.models import cache_dir, engine_id, file_identity  # noqa: PLC0415
 
     key = json.dumps(
         [

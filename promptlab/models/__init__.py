@@ -8,6 +8,7 @@ llama-cpp-python's logger for the whole process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -15,12 +16,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from promptlab import files
 from promptlab.errors import InputError
-from promptlab.gguf import GGUFInfo, read_gguf
+from promptlab.models.gguf import GGUFInfo, read_gguf
 
 # Bump when GGUFInfo's cached form changes.
 _GGUF_CACHE_VERSION = 1
@@ -208,6 +210,26 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     _remember_sha(path, digest.hexdigest())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def engine_id() -> str:
+    """Identifies the llama.cpp build without importing it (importing loads the library)."""
+    try:
+        dist = metadata.distribution("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return "llama-cpp-python: not installed"
+    libs = sorted(
+        str(f)
+        for f in dist.files or []
+        if str(f).endswith((".so", ".dylib", ".dll")) or ".so." in str(f)
+    )
+    digests = []
+    for name in libs:
+        path = Path(str(dist.locate_file(name)))
+        if path.is_file():
+            digests.append(f"{Path(name).name}:{file_sha256(path)[:16]}")
+    return f"llama-cpp-python {dist.version} " + ",".join(digests)
 
 
 def gguf_info(path: Path) -> GGUFInfo:
