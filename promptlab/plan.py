@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab import assertions, files, transforms
+from promptlab import files, scoring
 from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
 from promptlab.backends.fake import confine_rules
 from promptlab.chat import ChatTemplate
@@ -22,6 +22,7 @@ from promptlab.consent import CodeMode, ConsentError
 from promptlab.errors import InputError, Problems
 from promptlab.models import gguf_info, resolve
 from promptlab.models.gguf import GGUFInfo
+from promptlab.scoring import transforms
 from promptlab.suite import (
     CheckDef,
     Constraint,
@@ -59,7 +60,7 @@ class Cell:
     chat_applied: bool
     text: str  # exactly what is tokenized
     add_bos: bool
-    checks: list[assertions.Check]
+    checks: list[scoring.Check]
     threshold: float | None = None  # the test's pass mark on its weighted score
     transform: transforms.Transform | None = None  # the test's transform, before every check
     grammar: Grammar | None = None
@@ -316,8 +317,8 @@ def _grammar(constraint: Constraint | None, where: str, base: Path, root: Path) 
 
 
 def _prepare_checks(
-    suite: LoadedSuite, test: TestDef, defs: list[CheckDef], env: assertions.PrepareEnv
-) -> list[assertions.Check]:
+    suite: LoadedSuite, test: TestDef, defs: list[CheckDef], env: scoring.PrepareEnv
+) -> list[scoring.Check]:
     out = []
     for c in defs:
         extra = dict(c.extra)
@@ -336,7 +337,7 @@ def _prepare_checks(
         ):
             options["choices"] = _render_value(suite, options["choices"], test.vars, c.where)
         out.append(
-            assertions.prepare(
+            scoring.prepare(
                 c.type,
                 value,
                 c.threshold,
@@ -352,12 +353,12 @@ def _prepare_checks(
     return out
 
 
-def _providers(checks: list[assertions.Check]) -> dict[str, str]:
+def _providers(checks: list[scoring.Check]) -> dict[str, str]:
     """provider string → where it was named, for judge and embedding checks."""
     out: dict[str, str] = {}
     for check in checks:
         for c in check.walk():
-            needs_model = c.base in assertions.JUDGE_TYPES or c.options.get("method") == "embedding"
+            needs_model = c.base in scoring.JUDGE_TYPES or c.options.get("method") == "embedding"
             provider = c.options.get("provider")
             if needs_model and isinstance(provider, str):
                 out.setdefault(provider, c.where)
@@ -391,7 +392,7 @@ def build_plan(
     kept_tests: list[int] = []
     sampled: set[int] | None = None
     rendered: dict[tuple[int, int], tuple[list[Message], bool] | None] = {}
-    checks: dict[int, list[assertions.Check]] = {}
+    checks: dict[int, list[scoring.Check]] = {}
     test_transforms: dict[int, transforms.Transform | None] = {}
     aux: dict[str, PlannedModel] = {}
     code_used: list[str] = []
@@ -405,7 +406,7 @@ def build_plan(
         problems.setdefault(exc.one_line(), exc)
 
     for test in suite.tests:
-        env = assertions.PrepareEnv(
+        env = scoring.PrepareEnv(
             base=suite.path.parent,
             root=suite.root,
             code=code,
@@ -463,8 +464,8 @@ def build_plan(
             test_hay = " ".join([test.name, *(str(v) for v in test.vars.values())])
             test_checks = checks[test.index]
             leaves = [c for check in test_checks for c in check.walk() if not c.children]
-            needs_logprobs = any(c.base in assertions.NEEDS_LOGPROBS for c in leaves)
-            generate = not leaves or any(c.base not in assertions.NO_OUTPUT for c in leaves)
+            needs_logprobs = any(c.base in scoring.NEEDS_LOGPROBS for c in leaves)
+            generate = not leaves or any(c.base not in scoring.NO_OUTPUT for c in leaves)
             # A choice-only cell does not sample: one cell per test, whatever the grid.
             points = (
                 [(s, r) for s in settings for r in range(suite.repeat)] if generate else [(p, 0)]

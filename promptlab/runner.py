@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from promptlab import assertions
+from promptlab import scoring
 from promptlab.backends import (
     DECODE_REVISION,
     Backend,
@@ -245,7 +245,7 @@ def generate_cached(
 
 
 class RunServices:
-    """Model access for checks (assertions.Services): choices, judges and embeddings.
+    """Model access for checks (scoring.Services): choices, judges and embeddings.
 
     Judge and embedding models named by `provider:` are opened on first use and stay resident
     until the run ends; without a provider, checks use the model under test (its embedding-mode
@@ -328,7 +328,7 @@ class RunServices:
         model = self._resolve(provider)
         handle = self._handle(model, embedding=False, role="judge")
         if self._judge_grammar is None:
-            self._judge_grammar = json_schema_to_grammar(assertions.JUDGE_SCHEMA, "judge verdict")
+            self._judge_grammar = json_schema_to_grammar(scoring.JUDGE_SCHEMA, "judge verdict")
         if model.chat is not None:
             text, add_bos = model.chat.apply(messages, f"judge {model.label}"), False
         else:  # a base model: the turns as plain text
@@ -389,9 +389,9 @@ def score_cell(
     gen: Generation | None,
     output: str,
     latency_ms: float,
-    services: assertions.Services | None,
+    services: scoring.Services | None,
 ) -> tuple[bool, float, list[dict[str, Any]], dict[str, float]]:
-    ctx = assertions.CheckContext(
+    ctx = scoring.CheckContext(
         output=output,
         latency_ms=latency_ms,
         generation=gen,
@@ -419,12 +419,12 @@ def score_cell(
                 for c in cell.checks
             ]
             return False, 0.0, failed, {}
-    results = [assertions.evaluate(c, ctx) for c in cell.checks]
-    passed, score = assertions.combine(results, cell.threshold)
+    results = [scoring.evaluate(c, ctx) for c in cell.checks]
+    passed, score = scoring.combine(results, cell.threshold)
     rows = [
         {"check": c.describe(), **r.as_dict()} for c, r in zip(cell.checks, results, strict=True)
     ]
-    return passed, score, rows, assertions.named_scores(results)
+    return passed, score, rows, scoring.named_scores(results)
 
 
 def make_row(
@@ -433,7 +433,7 @@ def make_row(
     gen: Generation | None,
     latency_ms: float,
     error: str | None,
-    services: assertions.Services | None = None,
+    services: scoring.Services | None = None,
 ) -> dict[str, Any]:
     output = gen.text if gen is not None else None
     if error is None and not cell.generate:
@@ -592,7 +592,7 @@ def _needs_model(cell: Cell, services: RunServices) -> bool:
         for c in check.walk():
             if c.base == "choice":
                 return True
-            if c.base in assertions.JUDGE_TYPES:
+            if c.base in scoring.JUDGE_TYPES:
                 provider = c.options.get("provider")
                 if provider is None or services.same_model(provider):
                     return True

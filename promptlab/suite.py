@@ -34,10 +34,11 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from promptlab import assertions, files, transforms
+from promptlab import files, scoring
 from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, location
 from promptlab.files import find_project_root, read_text
 from promptlab.models import BUNDLED, DEFAULT_MODEL
+from promptlab.scoring import transforms
 from promptlab.templates import TemplateEnv, sha256_text
 from promptlab.yamlio import YamlDoc, dotted, field_path, load_json, load_yaml
 
@@ -1747,7 +1748,7 @@ class _Loader:
                 m.group(3),
                 m.group(4),
             )
-            if name in assertions.ALL_TYPES or base in assertions.PROMPTFOO_ONLY:
+            if name in scoring.ALL_TYPES or base in scoring.PROMPTFOO_ONLY:
                 _check_type(name, where)
                 value = value if value else None  # `is-json:` with nothing after the colon
                 threshold = float(number) if number is not None else None
@@ -1810,12 +1811,12 @@ def _js_transform(spec: Any) -> Any:
 
 
 def _check_type(name: str, where: str) -> None:
-    """assertions.check_type, with promptfoo's types that promptlab lacks (cost, javascript, …)
+    """scoring.check_type, with promptfoo's types that promptlab lacks (cost, javascript, …)
     marked Unsupported, which --skip-unsupported may leave out."""
     try:
-        assertions.check_type(name, where)
+        scoring.check_type(name, where)
     except InputError as exc:
-        if name.removeprefix("not-") in assertions.PROMPTFOO_ONLY:
+        if name.removeprefix("not-") in scoring.PROMPTFOO_ONLY:
             raise Unsupported(exc.message, hint=exc.hint) from None
         raise
 

@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import pytest
 
-from promptlab import assertions
-from promptlab.assertions import BASE_TYPES, apply, prepare
+from promptlab import scoring
 from promptlab.errors import InputError
+from promptlab.scoring import BASE_TYPES, apply, prepare
 
 AGE_SCHEMA = {
     "type": "object",
@@ -215,10 +215,10 @@ def test_examples_cover_every_type_passing_and_failing() -> None:
     examples = [cast(Example, p.values[0]) for p in EXAMPLES]
     seen = {(ex.type, ex.passed) for ex in examples}
     # Output-only checks; those needing a model, code or tokens are in tests/test_scoring.py.
-    simple = assertions.TEXT_TYPES | assertions.LIST_TYPES | assertions.JSON_TYPES | {"latency"}
+    simple = scoring.TEXT_TYPES | scoring.LIST_TYPES | scoring.JSON_TYPES | {"latency"}
     assert seen == {(t, ok) for t in simple for ok in (True, False)}
-    negatable = set(BASE_TYPES) - assertions.UNNEGATABLE
-    assert {f"not-{t}" for t in negatable} <= assertions.ALL_TYPES
+    negatable = set(BASE_TYPES) - scoring.UNNEGATABLE
+    assert {f"not-{t}" for t in negatable} <= scoring.ALL_TYPES
 
 
 def test_values_are_prepared() -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from promptlab import assertions
-from promptlab.assertions import CheckContext, PrepareEnv, combine, evaluate, named_scores, prepare
+from promptlab import scoring
 from promptlab.backends import ChoiceScore, Generation, TokenLogprob
 from promptlab.consent import CodeMode
 from promptlab.errors import InputError
+from promptlab.scoring import CheckContext, PrepareEnv, combine, evaluate, named_scores, prepare
 from promptlab.templates import Message, TemplateEnv
 
 
@@ -308,7 +308,7 @@ def choice(
     threshold: float | None = None,
     method: str | None = None,
     variables: dict[str, Any] | None = None,
-) -> assertions.Check:
+) -> scoring.Check:
     options: dict[str, Any] = {"choices": choices}
     if method:
         options["method"] = method

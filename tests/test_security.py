@@ -560,7 +560,7 @@ RAW_READS_ALLOWED = {
     "tune.py": "/proc/stat",
     "core.py": "promptlab's packaged scaffold",
     "html.py": "promptlab's packaged report assets",
-    "assertions.py": "promptlab's packaged judge prompt",
+    "scoring/graded.py": "promptlab's packaged judge prompt",
     "backends/llama.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
     "report.py": "the statistics memo in ~/.cache/promptlab",
 }
@@ -580,7 +580,7 @@ def test_suite_files_are_opened_only_through_files_py() -> None:
             code = line.split("#")[0]
             if _RAW_READ.search(code) and rel not in RAW_READS_ALLOWED:
                 offenders.append(f"{rel}:{n}: {line.strip()}")
-            if _RUN_CODE.search(code) and rel != "usercode.py":
+            if _RUN_CODE.search(code) and rel != "scoring/code.py":
                 offenders.append(f"{rel}:{n}: runs code: {line.strip()}")
     assert offenders == []
 

@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import sys
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from promptlab import files
 from promptlab.consent import HOW, CodeMode, ConsentError
 from promptlab.errors import InputError
+from promptlab.scoring.checks import Check, CheckContext, PrepareEnv, Verdict, _bool
 
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name for a file without :function
 _MODULES: dict[Path, Any] = {}
@@ -186,3 +187,55 @@ def compile_inline(code: str, where: str, mode: CodeMode = CodeMode.CHECK) -> Co
     namespace: dict[str, Any] = {}
     exec(compiled_body, namespace)  # defines __check; the user's body runs only when called
     return CodeRef("inline", _guarded(namespace["__check"]))
+
+
+def _prep_python(
+    type_: str,
+    value: Any,
+    threshold: float | None,
+    where: str,
+    opts: dict[str, Any],
+    env: PrepareEnv,
+) -> tuple[Any, float | None]:
+    require_consent(env.code, where, "a python check")
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: 'python' needs code or file://checks.py:function as value")
+    if value.startswith("file://"):
+        opts["code"] = load_file_ref(value, env.base, env.root, where, env.code)
+    else:
+        opts["code"] = compile_inline(value, where, env.code)
+    env.code_used.append(f"{where} (python check {opts['code'].label})")
+    return value, threshold
+
+
+def _python(check: Check, ctx: CheckContext) -> Verdict:
+    code: CodeRef = check.options["code"]
+    result = code.func(ctx.output, ctx.for_code(check.options.get("config")))
+    if isinstance(result, bool):
+        return _bool(result, f"{code.label} returned {result}")
+    if isinstance(result, (int, float)):
+        score = float(result)
+        ok = score >= check.threshold if check.threshold is not None else score > 0
+        clamped = min(1.0, max(0.0, score))
+        return (
+            ok,
+            clamped,
+            f"{code.label} scored {score:g}",
+            {"raw_score": score} if clamped != score else None,
+        )
+    if isinstance(result, Mapping):
+        passed = result.get("pass", result.get("pass_"))
+        raw = result.get("score")
+        given = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+        if passed is None and given is not None:
+            passed = given >= check.threshold if check.threshold is not None else given > 0
+        if not isinstance(passed, bool):
+            raise TypeError(f"{code.label} returned a dict without a boolean 'pass'")
+        score = given if given is not None else (1.0 if passed else 0.0)
+        if check.threshold is not None:
+            passed = passed and score >= check.threshold
+        reason = str(result.get("reason") or f"{code.label} returned pass={passed}")
+        return passed, min(1.0, max(0.0, score)), reason, None
+    raise TypeError(
+        f"{code.label} returned {type(result).__name__}; return bool, a number or {{pass, score, reason}}"
+    )

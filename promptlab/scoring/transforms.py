@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptlab import usercode
 from promptlab.consent import CodeMode
 from promptlab.errors import InputError
+from promptlab.scoring import code as usercode
 
 
 def _json(text: str) -> str:

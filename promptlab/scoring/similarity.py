@@ -13,6 +13,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from promptlab.errors import InputError
+from promptlab.scoring.checks import Check, CheckContext, PrepareEnv, Verdict, _bool
+
 METHODS = ("embedding", "levenshtein", "rouge-l", "rouge-n", "bleu")
 # What a bare type means: `similar` is embedding cosine, as in promptfoo.
 DEFAULT_METHOD = {
@@ -98,3 +101,76 @@ def lexical(
     if method == "levenshtein":
         return levenshtein_similarity(candidate, reference)
     raise ValueError(f"unknown lexical method {method!r}")
+
+
+# promptfoo's defaults where a type has a natural threshold.
+DEFAULT_THRESHOLDS = {
+    "similar": 0.75,
+    "rouge-n": 0.75,
+    "rouge-l": 0.75,
+    "bleu": 0.5,
+    "levenshtein": 5.0,  # a maximum edit distance, as in promptfoo
+}
+
+
+def _prep_similarity(
+    type_: str,
+    value: Any,
+    threshold: float | None,
+    where: str,
+    opts: dict[str, Any],
+    _e: PrepareEnv,
+) -> tuple[Any, float | None]:
+    base = type_.removeprefix("not-")
+    method = opts.get("method") or DEFAULT_METHOD.get(base, base)
+    if method not in METHODS:
+        raise InputError(
+            f"{where}: unknown similarity method {method!r}",
+            hint=f"use one of: {', '.join(METHODS)}",
+        )
+    opts["method"] = method
+    if value is None or isinstance(value, dict):
+        raise InputError(
+            f"{where}: '{type_}' needs the expected text as value (or a list of texts)"
+        )
+    refs = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS.get(base, 0.75)
+    if base != "levenshtein" and not 0 <= threshold <= 1:
+        raise InputError(
+            f"{where}: a {base} threshold is a similarity in [0, 1], got {threshold:g}"
+        )
+    return refs, threshold
+
+
+def _similar(check: Check, ctx: CheckContext) -> Verdict:
+    assert check.threshold is not None
+    method = check.options["method"]
+    refs: list[str] = check.value
+    if method == "embedding":
+        if ctx.services is None:
+            return _bool(False, "embedding similarity needs a model (run it with promptlab run)")
+        vectors = ctx.services.embed(check.options.get("provider"), [ctx.output, *refs])
+        scores = [cosine(vectors[0], v) for v in vectors[1:]]
+    elif method == "levenshtein":
+        distances = [levenshtein_distance(ctx.output, r) for r in refs]
+        best = min(range(len(refs)), key=lambda i: distances[i])
+        dist = distances[best]
+        ok = dist <= check.threshold
+        score = levenshtein_similarity(ctx.output, refs[best])
+        return (
+            ok,
+            score,
+            f"edit distance {dist} {'<=' if ok else '>'} {check.threshold:g}",
+            {"distance": dist, "similarity": round(score, 4)},
+        )
+    else:
+        scores = [lexical(method, ctx.output, r, check.options.get("config")) for r in refs]
+    score = max(scores)
+    ok = score >= check.threshold
+    return (
+        ok,
+        score,
+        f"{method} similarity {score:.3f} {'>=' if ok else '<'} {check.threshold:g}",
+        {"method": method, "similarity": round(score, 4)},
+    )
