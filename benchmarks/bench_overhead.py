@@ -37,9 +37,9 @@ import llama_cpp.llama_cpp as llama_lib
 from promptlab import core
 from promptlab.backends import Sampling, is_fake
 from promptlab.backends.llama import _without_extra_buffers, build_has_amx, supports_gpu_offload
+from promptlab.engine.store import read_manifest, read_results
 from promptlab.errors import PromptlabError
 from promptlab.plan import Cell, Plan, PlannedModel
-from promptlab.store import read_manifest, read_results
 
 TARGET = 1.05
 QUIET = 0.10  # a round is 'quiet' when other processes used under 10% of the CPUs

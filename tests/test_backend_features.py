@@ -230,8 +230,8 @@ class Reference:
 
 
 def _chat_context() -> str:
-    from promptlab.chat import ChatTemplate
     from promptlab.models.gguf import read_gguf
+    from promptlab.plan.chat import ChatTemplate
     from promptlab.templates import Message
 
     info = read_gguf(_model_path("smollm2"))

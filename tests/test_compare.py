@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import CliResult, Project
 
-from promptlab import compare as cmp
-from promptlab import history as hist
+from promptlab.reports import compare as cmp
+from promptlab.reports import history as hist
 
 Cli = Callable[..., CliResult]
 

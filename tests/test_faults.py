@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from conftest import CliResult, Project
 
-from promptlab import store
+from promptlab.engine import store
 
 Cli = Callable[..., CliResult]
 
@@ -427,7 +427,7 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(
 def test_unexpected_error_mid_run_marks_the_run_failed(
     project: Project, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from promptlab import runner
+    from promptlab.engine import runner
 
     suite = project.write("evals/faults.yaml", fault_suite(""))
     real_make_row = runner.make_row

@@ -22,8 +22,8 @@ import pytest
 from conftest import CliResult, Project
 
 from promptlab import core
+from promptlab.engine.store import MANIFEST, RunLock, read_manifest, run_name, slug
 from promptlab.files import find_project_root
-from promptlab.store import MANIFEST, RunLock, read_manifest, run_name, slug
 
 Cli = Callable[..., CliResult]
 
@@ -363,9 +363,9 @@ tests:
 @pytest.fixture
 def four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plan models as on a 4-CPU machine, and treat the fake model as a real one here."""
-    import promptlab.plan
+    import promptlab.plan.cells
 
-    monkeypatch.setattr(promptlab.plan, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(promptlab.plan.cells, "usable_cpus", lambda: 4)
     monkeypatch.setattr(core, "usable_cpus", lambda: 4)
     monkeypatch.setattr(core, "is_fake", lambda spec: False)
 
@@ -441,7 +441,7 @@ def test_the_top_row_is_green_only_when_it_is_good(project: Project, cli: Cli) -
 
 
 def test_long_variable_values_are_wrapped_and_bounded() -> None:
-    from promptlab.html import _asset
+    from promptlab.reports.html import _asset
 
     css = _asset("report.css")
     rule = re.search(r"\.tvars div\{([^}]*)\}", css)
@@ -554,16 +554,16 @@ def test_two_resumes_in_two_processes_never_duplicate_cells(project: Project, cl
 def test_a_run_killed_while_reporting_is_not_complete_and_resume_finishes_it(
     project: Project, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import promptlab.report
+    import promptlab.reports.tables
 
-    real = promptlab.report.build_reports
+    real = promptlab.reports.tables.build_reports
     seen: list[str] = []
 
     def dies(folder: Path, **kwargs: Any) -> Any:
         seen.append(read_manifest(folder)["status"])
         raise RuntimeError("killed while writing the reports")
 
-    monkeypatch.setattr(promptlab.report, "build_reports", dies)
+    monkeypatch.setattr(promptlab.reports.tables, "build_reports", dies)
     out = project.root / "out"
     r = cli("run", write(project.root / "s.yaml", THREADS_SUITE), "-o", out)
     assert r.code == 1 and "internal error" in r.err
@@ -572,7 +572,7 @@ def test_a_run_killed_while_reporting_is_not_complete_and_resume_finishes_it(
     assert not (out / "report.html").exists()
     hist = cli("history", "--runs", out)
     assert "reporting" in hist.out
-    monkeypatch.setattr(promptlab.report, "build_reports", real)
+    monkeypatch.setattr(promptlab.reports.tables, "build_reports", real)
     r = cli("run", "--resume", out)
     assert r.code == 0, r.err
     assert read_manifest(out)["status"] == "complete"

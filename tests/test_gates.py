@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import CliResult, Project
 
-from promptlab import gates
+from promptlab.reports import gates
 
 Cli = Callable[..., CliResult]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from conftest import CliResult, Project
 
-from promptlab.html import embed_json, grid_data, render_html
+from promptlab.reports.html import embed_json, grid_data, render_html
 
 Cli = Callable[..., CliResult]
 

@@ -315,7 +315,7 @@ def test_planted_markup_stays_inert_text(page: Page) -> None:
 
 
 def test_five_thousand_cells_open_fast(browser: Any, tmp_path: Path) -> None:
-    from promptlab.html import render_html
+    from promptlab.reports.html import render_html
 
     words = [
         "the",

@@ -551,18 +551,18 @@ def test_machine_csv_stays_exact_and_spreadsheet_copies_are_neutralized(lab: Lab
 # Modules that open files a suite does not name, and why. Anything else that opens a file must do
 # it through promptlab/files.py.
 RAW_READS_ALLOWED = {
-    "store.py": "the run folder promptlab itself writes",
-    "history.py": "run folders' manifests",
-    "compare.py": "run folders and the baseline record",
+    "engine/store.py": "the run folder promptlab itself writes",
+    "reports/history.py": "run folders' manifests",
+    "reports/compare.py": "run folders and the baseline record",
     "models/__init__.py": "model files (may live anywhere, see files.py), bundled packages, the sha cache",
     "models/gguf.py": "GGUF headers of model files",
     "consent.py": "the user's own trust file",
-    "tune.py": "/proc/stat",
+    "engine/tune.py": "/proc/stat",
     "core.py": "promptlab's packaged scaffold",
-    "html.py": "promptlab's packaged report assets",
+    "reports/html.py": "promptlab's packaged report assets",
     "scoring/graded.py": "promptlab's packaged judge prompt",
     "backends/llama.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
-    "report.py": "the statistics memo in ~/.cache/promptlab",
+    "reports/tables.py": "the statistics memo in ~/.cache/promptlab",
 }
 _RAW_READ = re.compile(
     r"(?<!files)\.read_text\(|\.read_bytes\(|(?<![\w.])open\(|\.open\(|fdopen\(|spec_from_file_location"

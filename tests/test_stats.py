@@ -1,4 +1,4 @@
-"""promptlab.stats: known values, agreement with scipy, properties, and the reports end to end."""
+"""promptlab.reports.stats: known values, agreement with scipy, properties, and the reports end to end."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from scipy.special import comb
 
-from promptlab import stats
-from promptlab.stats import Comparison
+from promptlab.reports import stats
+from promptlab.reports.stats import Comparison
 
 Cli = Callable[..., CliResult]
 Z = 1.959963984540054  # z_{0.975}
@@ -569,7 +569,7 @@ def test_run_with_repeats_reports_flakiness_and_pass_at_k(project: Project, cli:
 
 AT_LOAD = """
 import sys
-import promptlab.runner as runner
+import promptlab.engine.runner as runner
 real = runner.open_backend
 seen = []
 def spy(*args, **kwargs):
@@ -680,6 +680,6 @@ def test_wilson_mcnemar_and_holm_match_statsmodels() -> None:
 
 
 def test_stats_import_no_scipy_or_statsmodels() -> None:
-    code = "import sys, promptlab.stats; print(sorted(m for m in ('scipy', 'statsmodels') if m in sys.modules))"
+    code = "import sys, promptlab.reports.stats; print(sorted(m for m in ('scipy', 'statsmodels') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

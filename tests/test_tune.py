@@ -17,8 +17,8 @@ from conftest import CliResult, Project
 from promptlab import core
 from promptlab.backends import LoadSettings, open_backend
 from promptlab.backends.fake import FakeBackend
+from promptlab.engine.tune import TuneResult, default_threads, parse_threads, tune
 from promptlab.errors import InputError
-from promptlab.tune import TuneResult, default_threads, parse_threads, tune
 
 REPO = Path(__file__).resolve().parents[1]
 

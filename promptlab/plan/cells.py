@@ -17,11 +17,11 @@ from typing import Any
 from promptlab import files, scoring
 from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
 from promptlab.backends.fake import confine_rules
-from promptlab.chat import ChatTemplate
 from promptlab.consent import CodeMode, ConsentError
 from promptlab.errors import InputError, Problems
 from promptlab.models import gguf_info, resolve
 from promptlab.models.gguf import GGUFInfo
+from promptlab.plan.chat import ChatTemplate
 from promptlab.scoring import transforms
 from promptlab.suite import (
     CheckDef,

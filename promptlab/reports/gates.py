@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab.compare import Comparison, compare_runs, get_baseline, load_run, write_files
+from promptlab.engine.store import atomic_write
 from promptlab.errors import ExitCode, InputError
-from promptlab.store import atomic_write
+from promptlab.reports.compare import Comparison, compare_runs, get_baseline, load_run, write_files
 
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
-UNCHECKED = "unchecked"  # see promptlab.report.UNCHECKED
+UNCHECKED = "unchecked"  # see promptlab.reports.tables.UNCHECKED
 
 
 @dataclass(frozen=True)

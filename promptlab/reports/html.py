@@ -1,7 +1,7 @@
 """The HTML report: one self-contained, offline page that people want to open.
 
-Takes plain rows, summary records and comparisons (no pandas here); promptlab/report.py builds
-them. The page has three parts:
+Takes plain rows, summary records and comparisons (no pandas here);
+promptlab/reports/tables.py builds them. The page has three parts:
 
 - a summary rendered here, in HTML, so it reads without JavaScript: the variants (model × prompt ×
   setting) ranked with their intervals, the verdicts of the paired comparisons (significant ones
@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import PurePosixPath
 from typing import Any
 
-from promptlab.store import GENERIC_STEMS
+from promptlab.engine.store import GENERIC_STEMS
 
 PAGE_SIZE = 50  # tests per grid page (the reader can pick 25-500)
 GOOD_RATE = 0.8  # the top variant is tinted green from this pass rate (the terminal's green too)
@@ -443,7 +443,7 @@ def _verdicts_html(comparisons: list[dict[str, Any]] | None) -> str:
             meta.append(_text(c.get("group")))
         if c.get("n_tests") is not None:
             meta.append(f"{_text(c.get('n_tests'))} paired tests")
-        if diff is not None:  # pass-rate points (B - A), as promptlab.stats reports them
+        if diff is not None:  # pass-rate points (B - A), as promptlab.reports.stats reports them
             text = f"Δ {diff:+.1f} pts"
             if lo is not None and hi is not None:
                 text += f" [{lo:+.1f}, {hi:+.1f}]"

@@ -24,11 +24,11 @@ from promptlab.backends import (
     json_schema_to_grammar,
     open_backend,
 )
-from promptlab.cache import Cache, make_key
+from promptlab.engine.cache import Cache, make_key
+from promptlab.engine.store import RunWriter
 from promptlab.errors import InputError
 from promptlab.models import describe, engine_id
 from promptlab.plan import Cell, Plan, PlannedModel, schedule
-from promptlab.store import RunWriter
 from promptlab.templates import Message
 
 # (path, settings, embedding) -> a loaded backend; tests substitute their own.

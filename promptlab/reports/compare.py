@@ -4,7 +4,7 @@
 regressions (passed in A, fail or error in B), fixes, changed outputs (same status, different
 text, or fail <-> error) and unchanged cells; cells found in one run only are listed as such. Per
 variant (model x prompt x setting) it compares pass rates and scores with the paired tests of
-`promptlab.stats` (exact McNemar, or a permutation test with repeats; Holm across variants).
+`promptlab.reports.stats` (exact McNemar, or a permutation test with repeats; Holm across variants).
 
 Matching: first by `cell_id` (a hash of prompt label, test index, description, vars, model label,
 grid setting and repeat). Cells left over on both sides are then matched by (model, prompt,
@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promptlab.engine.store import MANIFEST, atomic_write, read_manifest, read_results
 from promptlab.errors import InputError
-from promptlab.store import MANIFEST, atomic_write, read_manifest, read_results
 
 if TYPE_CHECKING:
-    from promptlab import stats
+    from promptlab.reports import stats
 
 KINDS = ("regression", "fix", "changed", "same", "only_a", "only_b")
 CSV_COLUMNS = (
@@ -133,7 +133,7 @@ def _checked(row: dict[str, Any]) -> bool:
 
 
 def _score(row: dict[str, Any]) -> float:
-    """A cell's score for paired tests: errors count as 0, as in promptlab.stats."""
+    """A cell's score for paired tests: errors count as 0, as in promptlab.reports.stats."""
     value = row.get("score")
     if row.get("status") == "error" or not isinstance(value, (int, float)):
         return 0.0
@@ -338,7 +338,7 @@ def variant_deltas(diffs: Iterable[CellDiff]) -> list[VariantDelta]:
         groups.setdefault(d.variant, {}).setdefault(test_key, []).append(d)
     # numpy loads only here, never on the way to a model load (stats no longer imports scipy or
     # statsmodels, whose import before a CUDA model load crashed it: backends/native.py).
-    from promptlab import stats  # noqa: PLC0415
+    from promptlab.reports import stats  # noqa: PLC0415
 
     out: list[VariantDelta] = []
     for (model, prompt, setting), tests in groups.items():

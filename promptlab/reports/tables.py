@@ -1,5 +1,6 @@
 """Reports from a run folder: results.csv, summary.csv, comparisons.csv and a self-contained
-report.html (rendered by promptlab/html.py). The statistics come from promptlab/stats.py.
+report.html (rendered by promptlab/reports/html.py). The statistics come from
+promptlab/reports/stats.py.
 
 The only module that imports pandas. Everything here is rebuilt from results.jsonl and
 manifest.json, so `promptlab report DIR` reproduces the files of a finished or interrupted run.
@@ -17,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from promptlab import stats
-from promptlab.html import render_html
-from promptlab.store import StoreError, atomic_write, read_manifest, read_results
+from promptlab.engine.store import StoreError, atomic_write, read_manifest, read_results
+from promptlab.reports import stats
+from promptlab.reports.html import render_html
 
 UNCHECKED = "unchecked"  # a row's status when no check gated its output ("no checks")
 
@@ -153,7 +154,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-# Per-variant statistics (promptlab.stats.variant_stats) that summary.csv carries.
+# Per-variant statistics (promptlab.reports.stats.variant_stats) that summary.csv carries.
 STAT_COLUMNS = (
     "pass_rate_lo",
     "pass_rate_hi",
@@ -170,7 +171,7 @@ STAT_COLUMNS = (
 
 
 def _stat_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows promptlab.stats needs, from results_frame's columns. Outputs no check gated
+    """The rows promptlab.reports.stats needs, from results_frame's columns. Outputs no check gated
     are left out: they are neither passes nor failures, so they have no place in a pass rate,
     an interval or a verdict."""
     cols = ["model", "prompt", "setting", "test_index", "status", "score"]
@@ -179,7 +180,7 @@ def _stat_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-# Bump when promptlab.stats can give other numbers for the same rows.
+# Bump when promptlab.reports.stats can give other numbers for the same rows.
 STATS_REVISION = 2
 
 
@@ -288,7 +289,7 @@ def summary_frame(df: pd.DataFrame, variants: list[dict[str, Any]] | None = None
 
 
 def comparisons_frame(comparisons: list[dict[str, Any]]) -> pd.DataFrame:
-    """comparisons.csv: one row per paired comparison (promptlab.stats.compare_run)."""
+    """comparisons.csv: one row per paired comparison (promptlab.reports.stats.compare_run)."""
     frame: pd.DataFrame = pd.DataFrame.from_records(
         comparisons, columns=list(stats.COMPARISON_COLUMNS)
     )

@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from promptlab.compare import describe_commit, parse_time
+from promptlab.engine.store import MANIFEST, read_results
 from promptlab.errors import InputError
-from promptlab.store import MANIFEST, read_results
+from promptlab.reports.compare import describe_commit, parse_time
 
 
 @dataclass
