@@ -1,3 +1,4 @@
+# Over 600 lines: every command's arguments, in one module that imports nothing heavy.
 """The command line. Thin: parse arguments, call one function in `promptlab.core`, print.
 
 Imports stay light at module level so `promptlab --help` answers fast; the core (and through it

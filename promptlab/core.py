@@ -1,3 +1,4 @@
+# Over 600 lines: one short function per command (all that cli calls); the stages are packages.
 """What each command does, as plain functions. The CLI parses arguments, calls one of these once
 and prints the result; tests call them directly.
 

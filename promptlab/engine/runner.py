@@ -1,3 +1,4 @@
+# Over 600 lines: the run loop and the model access it lends to checks share handles and cache.
 """Execute a plan: load each model once, run its cells in order, score, and stream rows to disk."""
 
 from __future__ import annotations

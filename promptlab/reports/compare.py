@@ -1,3 +1,4 @@
+# Over 600 lines: one comparison of two runs: matched cells, its CSV and HTML, the baseline.
 """Compare two runs cell by cell, and the project's baseline run.
 
 `compare(a, b)` matches the cells of two run folders by test identity and sorts every pair into

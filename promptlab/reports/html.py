@@ -1,3 +1,4 @@
+# Over 600 lines: one self-contained page; its HTML, its data and its script stay together.
 """The HTML report: one self-contained, offline page that people want to open.
 
 Takes plain rows, summary records and comparisons (no pandas here);

@@ -1,3 +1,4 @@
+# Over 600 lines: the statistics, each ported from scipy/statsmodels and tested against them.
 """Statistics for prompt variants: intervals, repeat metrics and paired comparisons.
 
 numpy and the standard library only. The methods are scipy's and statsmodels' (named at each

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from promptlab.errors import PromptlabError
 from promptlab.suite import load_suite
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((REPO / "evals" / "example.yaml").read_text(encoding="utf-8"))
 FIELDS = [
     "prompts", "tests", "models", "params", "defaultTest", "vars", "assert", "type", "value",

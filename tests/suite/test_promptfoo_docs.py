@@ -21,7 +21,7 @@ from conftest import Project
 from promptlab import core
 from promptlab.errors import ExitCode, InputError
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "promptfoo.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "promptfoo.md"
 
 Sample = dict[str, Any]
 

@@ -33,7 +33,7 @@ except ImportError:  # reported by the `browser` fixture: a skip here, a failure
     expect = sync_playwright = None  # type: ignore[assignment]
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "results" / "browser-test"  # a copy of the run folder, for CI
 LAUNCH_ARGS = [
     "--no-sandbox",

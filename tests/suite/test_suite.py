@@ -16,7 +16,7 @@ from promptlab.errors import InputError
 from promptlab.plan import Cell, build_plan
 from promptlab.suite import LoadedSuite, load_suite
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE = "evals/s.yaml"
 # A chat template for fake models, so chat prompts can be planned without a GGUF.
 CHAT = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"

@@ -35,7 +35,7 @@ SETTINGS = LoadSettings(
     seed=0,
 )  # fmt: skip
 GREEDY = Sampling(0.0, 0.95, 40, 0.05, 12, (), 0, 1.0)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def promptlab(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

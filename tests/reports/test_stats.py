@@ -618,7 +618,7 @@ print(before, hasattr(ctypes.CDLL(None), symbol))
 def test_the_llama_backend_preloads_libstdcxx_before_llama_cpp() -> None:
     import ast
 
-    source = (Path(__file__).parents[1] / "promptlab" / "backends" / "llama.py").read_text()
+    source = (Path(__file__).parents[2] / "promptlab" / "backends" / "llama.py").read_text()
     body = ast.parse(source).body
     call = next(
         i

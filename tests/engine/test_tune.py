@@ -20,7 +20,7 @@ from promptlab.backends.fake import FakeBackend
 from promptlab.engine.tune import TuneResult, default_threads, parse_threads, tune
 from promptlab.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def snippet_of(out: str) -> dict[str, Any]:

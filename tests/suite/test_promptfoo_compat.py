@@ -24,7 +24,7 @@ from promptlab.errors import InputError
 from promptlab.plan import build_plan
 from promptlab.suite import LoadedSuite, load_suite
 
-EXAMPLES = Path(__file__).parent / "promptfoo_examples"
+EXAMPLES = Path(__file__).parents[1] / "promptfoo_examples"
 # Fake models have no chat template; message-list prompts get this one (their config is
 # otherwise unchanged).
 CHAT = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"

@@ -26,7 +26,7 @@ from promptlab import core, files
 
 Cli = Callable[..., CliResult]
 SECRET = "TOPSECRET-9d2c"
-PACKAGE = Path(__file__).resolve().parent.parent / "promptlab"
+PACKAGE = Path(__file__).resolve().parents[2] / "promptlab"
 
 
 def _evil(marker: Path) -> str:

@@ -23,7 +23,7 @@ from promptlab.models import BUNDLED, cache_dir, describe
 
 pytestmark = pytest.mark.model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REAL_CACHE = Path.home() / ".cache" / "promptlab"
 
 
