@@ -2,7 +2,7 @@
 """Statistics for prompt variants: intervals, repeat metrics and paired comparisons.
 
 numpy and the standard library only. The methods are scipy's and statsmodels' (named at each
-function), ported step for step, resampling included, and tests/test_stats.py checks them against
+function), ported step for step, resampling included, and tests/reports/test_stats.py checks them against
 those libraries, which stay development dependencies: importing scipy.stats and statsmodels took
 about 2 s of every run on a 2-vCPU machine, more than the rest of a cached rerun together. On
 top of that, `report.run_statistics` memoizes a run's statistics by its rows. Every function

@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 def _files(what: str) -> dict[str, Any]:
     """Schema marker for a field that may name files (`file://…`). Every such file is read
-    through files.confine; tests/test_security.py lists the marked fields from the JSON schema and
+    through files.confine; tests/cli/test_security.py lists the marked fields from the JSON schema and
     plants a reference outside the project in each, so a new field cannot skip the check."""
     return {"x-promptlab-file": what}
 

@@ -1,5 +1,5 @@
 """report.html: escaped, self-contained, a ranked summary and chart, the grid's data (tests ×
-variants, failed checks, filter flags) and a manifest footer. tests/test_report_browser.py drives
+variants, failed checks, filter flags) and a manifest footer. tests/reports/test_report_browser.py drives
 the page in Chromium."""
 
 from __future__ import annotations

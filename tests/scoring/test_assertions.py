@@ -214,7 +214,7 @@ def test_check(ex: Example, negate: bool) -> None:
 def test_examples_cover_every_type_passing_and_failing() -> None:
     examples = [cast(Example, p.values[0]) for p in EXAMPLES]
     seen = {(ex.type, ex.passed) for ex in examples}
-    # Output-only checks; those needing a model, code or tokens are in tests/test_scoring.py.
+    # Output-only checks; those needing a model, code or tokens are in tests/scoring/test_scoring.py.
     simple = scoring.TEXT_TYPES | scoring.LIST_TYPES | scoring.JSON_TYPES | {"latency"}
     assert seen == {(t, ok) for t in simple for ok in (True, False)}
     negatable = set(BASE_TYPES) - scoring.UNNEGATABLE
