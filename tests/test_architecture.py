@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: import-linter depends on tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "promptlab"
