@@ -192,10 +192,10 @@ class Reference:
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from promptlab.backends.llama import _without_extra_buffers
+        from promptlab.backends.llama_runtime import without_extra_buffers
 
         # Extra buffers off, as the backend loads (backends/llama_decode.py).
-        with _without_extra_buffers(True):
+        with without_extra_buffers(True):
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_gpu_layers=0, n_ctx=512, n_batch=512, n_ubatch=512,
                 n_threads=SETTINGS.n_threads, n_threads_batch=SETTINGS.n_threads_batch,

@@ -102,7 +102,7 @@ def test_first_decode_does_not_crash() -> None:
 
 
 def test_build_has_amx_parses_system_info() -> None:
-    from promptlab.backends.llama import build_has_amx
+    from promptlab.backends.llama_runtime import build_has_amx
 
     amx = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | REPACK = 1 |"
     assert build_has_amx(amx) is True
@@ -115,17 +115,17 @@ def test_build_has_amx_parses_system_info() -> None:
 def test_without_extra_buffers_patches_default_params_for_the_load_only() -> None:
     import llama_cpp.llama_cpp as llama_lib
 
-    from promptlab.backends.llama import _without_extra_buffers
+    from promptlab.backends.llama_runtime import without_extra_buffers
 
     original = llama_lib.llama_model_default_params
     assert llama_lib.llama_model_default_params().use_extra_bufts is True
-    with _without_extra_buffers(True):
+    with without_extra_buffers(True):
         assert llama_lib.llama_model_default_params().use_extra_bufts is False
     assert llama_lib.llama_model_default_params is original
     assert llama_lib.llama_model_default_params().use_extra_bufts is True
-    with _without_extra_buffers(False):
+    with without_extra_buffers(False):
         assert llama_lib.llama_model_default_params().use_extra_bufts is True
-    with pytest.raises(RuntimeError), _without_extra_buffers(True):
+    with pytest.raises(RuntimeError), without_extra_buffers(True):
         raise RuntimeError("load failed")
     assert llama_lib.llama_model_default_params is original
 

@@ -100,6 +100,8 @@ def test_batched_generations_equal_each_cell_alone(model: tuple[Path, bool]) -> 
 def test_choice_continuations_decoded_together_score_as_alone(model: tuple[Path, bool]) -> None:
     # Equal-length continuations are decoded in one batch, one stream each, where the
     # self-test proved it exact; every score must equal the one-at-a-time path (parallel: 1).
+    from promptlab.backends.llama_choice import choice_groups
+
     path, add_bos = model
     context = "Notes on the town market: the people sold bread, fish and cloth. They sold"
     choices = [" fish and cloth", " bread and salt", " nothing at all", " bread", " old boats"]
@@ -123,7 +125,7 @@ def test_choice_continuations_decoded_together_score_as_alone(model: tuple[Path,
             len(backend._continuation(context, backend.tokenize(context, add_bos), c, add_bos))
             for c in choices
         ]
-        groups = engine._choice_groups([[0] * n for n in lengths])
+        groups = choice_groups(engine, [[0] * n for n in lengths])
         if facts["choice_rows"]:
             assert any(len(g) >= 2 for g in groups), (lengths, groups)
         # Every stream that took part holds the context afterwards: scoring again reuses it.
