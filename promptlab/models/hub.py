@@ -6,8 +6,9 @@ downloads show the library's own progress bar. The cache is always asked first
 (`local_files_only=True`): a model that is already there resolves without a network call, so a
 run is reproducible on a plane. The commit the file came from is pinned in the run manifest.
 
-`huggingface_hub` is imported only here and only when an `hf://` model is used or listed: it
-costs ~0.25 s of start-up that `promptlab --help` must not pay.
+`huggingface_hub` is imported only in models/ (here, and by catalog.py to list the hub cache) and
+only when an `hf://` model is resolved or listed: it costs ~0.25 s of start-up that
+`promptlab --help`, and any run without an hf:// model, must not pay.
 """
 
 from __future__ import annotations

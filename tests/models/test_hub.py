@@ -269,6 +269,35 @@ def test_commit_is_read_from_the_snapshot_path() -> None:
     }
 
 
+LAZY = """
+import json, sys
+from pathlib import Path
+import promptlab.cli, promptlab.console, promptlab.core
+from promptlab.models import catalog, hub, sources
+from promptlab.suite import load_suite
+suite = load_suite(Path(sys.argv[1]))
+before = "huggingface_hub" in sys.modules
+hub._offline()  # the first call that needs the library
+print(json.dumps([suite.models[0].label, before, "huggingface_hub" in sys.modules]))
+"""
+
+
+def test_huggingface_hub_is_imported_only_when_a_hub_model_is_resolved(tmp_path: Path) -> None:
+    """It costs ~0.25 s of start-up: loading a suite that names an hf:// model does not pay it."""
+    path = suite(tmp_path, "hf://acme/tiny:Q4_K_M")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = subprocess.run(
+        [sys.executable, "-c", LAZY, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["tiny:Q4_K_M", False, True]
+
+
 # --- the real client against the local hub ----------------------------------------------------
 
 RESOLVE = """
