@@ -546,6 +546,105 @@ def expand_params(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]
     return combos, [key for key, values in axes if len(values) > 1]
 
 
+# --- optimize: (promptlab optimize) -----------------------------------------------------------
+
+OPTIMIZE_PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "repeat_penalty")
+
+
+class DemoSpace(Strict):
+    """Few-shot demos: k examples, in an order, drawn from a pool of tests."""
+
+    var: str = Field(
+        default="demos",
+        description="Template variable that receives the demos, a list of mappings: each "
+        "demo's vars plus `expected` (its equals/choice value)",
+    )
+    pool: str = Field(
+        default="train",
+        description="Where demos come from: train (the train split), marked (tests with "
+        "metadata pool: true, kept out of the split) or file://demos.csv (a tests file)",
+        json_schema_extra=_files("demo pool file"),
+    )
+    k: int | list[int] = Field(
+        default=[0, 2, 4], description="How many demos: one number, or the numbers to try"
+    )
+    sets: int = Field(
+        default=8, ge=1, le=1000, description="Random ordered demo sets drawn to choose among"
+    )
+
+
+class InstructionSpace(Strict):
+    """Instruction variants: yours, and rewrites that a model proposes."""
+
+    var: str = Field(
+        description="Template variable holding the instruction; its value in vars: is the original"
+    )
+    variants: list[str] = Field(default_factory=list, description="Alternatives you write")
+    propose: int = Field(default=0, ge=0, le=50, description="Rewrites for the proposer to write")
+    proposer: str | None = Field(
+        default=None,
+        description="Model that writes the rewrites (bundled alias or .gguf path); "
+        "default: the model under test",
+    )
+    meta_prompt: str | None = Field(
+        default=None,
+        description="The proposer's prompt instead of the built-in one: file://x.j2 or inline "
+        "Jinja; it gets `instruction` and `examples` (each with vars and expected)",
+        json_schema_extra=_files("meta prompt"),
+    )
+
+
+class SplitSpec(Strict):
+    """Shares of the tests for train (demo pool), validation (racing) and held-out (the verdict)."""
+
+    train: float = Field(default=0.2, ge=0, lt=1, allow_inf_nan=False)
+    validation: float = Field(default=0.4, gt=0, lt=1, allow_inf_nan=False)
+    held_out: float = Field(default=0.4, gt=0, lt=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSpec:
+        total = self.train + self.validation + self.held_out
+        if abs(total - 1.0) > 1e-6:
+            raise PydanticCustomError(
+                "split_sum", "train + validation + held_out must be 1, got {t}", {"t": total}
+            )
+        return self
+
+
+class OptimizeSpec(Strict):
+    """The search space and settings of `promptlab optimize`."""
+
+    prompt: str | None = Field(default=None, description="Label of the prompt to optimize")
+    demos: DemoSpace | None = Field(default=None, description="Few-shot demos to choose")
+    instructions: InstructionSpace | None = Field(default=None, description="Instructions to try")
+    vars: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Template variables and the values to try for each"
+    )
+    params: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Generation settings and the values to try: " + ", ".join(OPTIMIZE_PARAMS),
+    )
+    split: SplitSpec = Field(default_factory=SplitSpec, description="How the tests are split")
+    budget: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Model calls at most (--budget wins)"
+    )
+    minibatch: int = Field(
+        default=8, ge=1, le=100_000, description="Validation tests in racing's first rung"
+    )
+    eta: int = Field(default=2, ge=2, le=10, description="Racing keeps the best 1/eta per rung")
+    candidates: int = Field(default=24, ge=1, le=10_000, description="Candidates to try at most")
+
+
+@dataclass
+class LoadedOptimize:
+    """The optimize: section with the files it names read (and confined) at load time."""
+
+    spec: OptimizeSpec
+    doc: YamlDoc  # the suite's YAML, for file:line in messages about the section
+    pool: list[TestDef] | None = None  # tests of a demos.pool file
+    meta_prompt: jinja2.Template | None = None
+
+
 class Suite(Strict):
     """An eval suite file (evals/*.yaml)."""
 
@@ -635,6 +734,9 @@ class Suite(Strict):
     metadata: Any = Field(default=None, description=_NOTE_ONLY)
     writeLatestResults: Any = Field(default=None, description=_NOTE_ONLY)
     tracing: Any = Field(default=None, description=_NOTE_ONLY)
+    optimize: OptimizeSpec | None = Field(
+        default=None, description="Search space for `promptlab optimize` (ignored by run)"
+    )
 
     @field_validator("prompts", mode="before")
     @classmethod
@@ -720,6 +822,7 @@ class LoadedSuite:
     repeat: int = 1
     # --skip-unsupported: each check, test, prompt or key left out, as {what, where, why}.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    optimize: LoadedOptimize | None = None  # the optimize: section (promptlab optimize)
 
 
 def validation_error(
@@ -1761,6 +1864,33 @@ class _Loader:
 
     # --- models ---
 
+    def optimize(self, spec: OptimizeSpec, doc: YamlDoc) -> LoadedOptimize:
+        """Read the files the optimize: section names, through the same confinement."""
+        loaded = LoadedOptimize(spec, doc)
+        if spec.demos is not None and spec.demos.pool.startswith("file://"):
+            where = self.where(doc.line_of(("optimize", "demos", "pool")), "optimize.demos.pool")
+            loaded.pool = []
+            for path in self.file_ref(spec.demos.pool, where, "demo pool file"):
+                loaded.pool += self.tests_file(path)
+        meta = spec.instructions.meta_prompt if spec.instructions is not None else None
+        if meta is not None:
+            loc = ("optimize", "instructions", "meta_prompt")
+            where = self.where(doc.line_of(loc), dotted(loc))
+            if meta.startswith("file://"):
+                (path,) = files.resolve_ref(
+                    meta,
+                    base=self.base,
+                    root=self.root,
+                    what="meta prompt",
+                    where=where,
+                    globs=False,
+                )
+                self.record(path, read_text(path, "meta prompt"))
+                loaded.meta_prompt = self.env.load_file(path, where)
+            else:
+                loaded.meta_prompt = self.env.from_string(meta, where)
+        return loaded
+
     def models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:
         echo, _ = _echo_models(suite) if not suite.models else ([], [])
         specs = suite.models or echo or [ModelSpec(path=DEFAULT_MODEL)]
@@ -2003,6 +2133,15 @@ def load_suite(
         loader.attempt("models", loader.where(None, "models"), partial(loader.models, suite, doc))
         or []
     )
+    optimize = (
+        loader.attempt(
+            "optimize",
+            loader.where(doc.line_of(("optimize",)), "optimize"),
+            partial(loader.optimize, suite.optimize, doc),
+        )
+        if suite.optimize is not None
+        else None
+    )
     if model_override:
         chosen = [m for m in models if m.label == model_override]
         models = chosen or [
@@ -2052,6 +2191,7 @@ def load_suite(
         files=loader.files,
         claims_code=suite.allow_code is not None,
         skipped=loader.skipped,
+        optimize=optimize,
     )
 
 

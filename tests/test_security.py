@@ -87,6 +87,14 @@ SITE_CASES: dict[str, list[str]] = {
         'prompts: [{messages: [{role: user, content: "file://{D}secret.txt"}]}]\n' + HEAD
     ],
     "Suite.tests": ['prompts: ["{{ x }}"]\n' + HEAD + 'tests: "file://{D}secret.csv"\n'],
+    "DemoSpace.pool": [
+        'prompts: ["{{ x }}"]\n' + HEAD + 'optimize: {demos: {pool: "file://{D}secret.csv"}}\n'
+    ],
+    "InstructionSpace.meta_prompt": [
+        'prompts: ["{{ x }}"]\n'
+        + HEAD
+        + 'optimize: {instructions: {var: x, meta_prompt: "file://{D}secret.txt"}}\n'
+    ],
     "Suite.vars": ['prompts: ["{{ x }}"]\n' + HEAD + 'vars: {x: "file://{D}secret.txt"}\n'],
     "TestSpec.vars": [
         'prompts: ["{{ x }}"]\n' + HEAD + 'tests: [{vars: {x: "file://{D}secret.txt"}}]\n'
