@@ -159,10 +159,14 @@ def test_jinja_literals_evaluate_to_the_value(value: Any) -> None:
 def test_nasty_demo_text_survives_the_written_template(project: Project) -> None:
     tests = demo_tests()
     for i, t in enumerate(tests):
-        t["vars"]["q"] = f'q{i} "quoted" {{{{ not a var }}}} %}} \\ end #}} é 😀\n'
+        t["vars"]["q"] = (
+            f'q{i} "quoted" {{{{ not a var }}}} %}} \\ end #}} é 😀 <script>x</script>\n'
+        )
     suite = demo_suite(project, tests=tests)
     result = _run(suite, project.root / "run", seed=1)
     assert result.verdict.better  # write_optimized checks the render itself; it would raise
+    page = (result.folder / "report.html").read_text()
+    assert "<script" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
 
 
 def test_the_winners_params_are_named_in_the_file(project: Project) -> None:
@@ -329,3 +333,38 @@ def test_validate_checks_the_optimize_section(project: Project, cli: Cli) -> Non
         "optimize.eta" in result.err
         and "optimize.split: train + validation + held_out must be 1" in result.err
     )
+
+
+# --- instructions a model proposes ----------------------------------------------------------------
+
+
+def test_a_proposer_writes_instructions_from_train_examples_only(project: Project) -> None:
+    suite = demo_suite(
+        project,
+        optimize={
+            "instructions": {
+                "var": "instruction",
+                "propose": 3,
+                "proposer": "fake://reply?text=Reply with the label in brackets.",
+            },
+            "demos": {"k": [0, 2], "sets": 2},
+        },
+    )
+    result = _run(suite, project.root / "run", seed=1)
+    assert result.status == "complete"
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["space"]["instructions"] == ["Answer.", "Reply with the label in brackets."]
+    assert manifest["space"]["proposed"] == 1  # three proposals, one distinct text
+    trace = read_jsonl(result.folder / "trace.jsonl")
+    assert trace[0]["event"] == "proposals" and trace[0]["calls"] == 3
+    proposer_rows = read_jsonl(result.folder / "proposals" / "results.jsonl")
+    assert [r["seed"] for r in proposer_rows] == [1, 2, 3]  # --seed 1, then one more each
+    shown = proposer_rows[0]["rendered_prompt"]
+    split = json.loads((result.folder / "split.json").read_text())
+    by_name = {t["test"]: t for part in split.values() for t in part}
+    for name in by_name:
+        question = f"question {name[1:]}."
+        if question in shown:
+            assert name in {t["test"] for t in split["train"]}, name
+    assert sum(f"question {t['test'][1:]}." in shown for t in split["train"]) == 5
+    assert result.used <= result.budget

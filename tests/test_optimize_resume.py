@@ -29,7 +29,7 @@ def _outcome(folder: Path) -> dict[str, Any]:
     summary["calls"] = {k: summary["calls"][k] for k in ("budget", "used")}
     summary.pop("model")
     candidates = json.loads((folder / "candidates.json").read_text())
-    trace = [e for e in read_jsonl(folder / "trace.jsonl")]
+    trace = read_jsonl(folder / "trace.jsonl")
     return {
         "summary": summary,
         "candidates": candidates,

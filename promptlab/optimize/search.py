@@ -231,7 +231,7 @@ def race(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if rec.trials == 1 and not cand.is_baseline:
+        if rec.trials == 1 and not cand.is_baseline and rec.tests:
             events.candidate(rec)
         free = free + 1 if ev.used == before else 0
         if state == "budget":
