@@ -368,3 +368,21 @@ def test_a_proposer_writes_instructions_from_train_examples_only(project: Projec
             assert name in {t["test"] for t in split["train"]}, name
     assert sum(f"question {t['test'][1:]}." in shown for t in split["train"]) == 5
     assert result.used <= result.budget
+
+
+def test_tests_marked_pool_are_the_demos_and_stay_out_of_the_split(project: Project) -> None:
+    tests = demo_tests(50)
+    for t in tests[:6]:
+        t["metadata"] = {"pool": True}
+    suite = demo_suite(
+        project, tests=tests, optimize={"demos": {"k": [0, 2], "pool": "marked", "sets": 3}}
+    )
+    result = _run(suite, project.root / "run", seed=1)
+    split = json.loads((result.folder / "split.json").read_text())
+    in_split = {t["test_index"] for part in split.values() for t in part}
+    assert in_split == set(range(6, 50))
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["space"]["demos"]["pool_size"] == 6
+    demo_refs = {ref for s in manifest["space"]["demos"]["sets"] for ref in s}
+    assert demo_refs <= {f"test {i + 1} (t{i})" for i in range(6)}
+    assert result.verdict.better
