@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from promptlab import core
+from promptlab.engine.store import read_manifest, read_results
 from promptlab.optimize import optimize
-from promptlab.store import read_manifest, read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

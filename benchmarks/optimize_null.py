@@ -1,7 +1,7 @@
 """Null check of `promptlab optimize` on the real model: with the labels shuffled, no prompt can
 be better, so it must report no significant winner (issue 14's "it does not invent
 improvements", on the bundled SmolLM2; the fast fake-backend version is in
-tests/test_optimize_resume.py).
+tests/optimize/test_optimize_resume.py).
 
     .venv/bin/python benchmarks/optimize_null.py --seeds 1 2 3
     .venv/bin/python benchmarks/optimize_null.py --seeds 1 --budget 150     # quicker

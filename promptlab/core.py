@@ -1,3 +1,4 @@
+# Over 600 lines: one short function per command (all that cli calls); the stages are packages.
 """What each command does, as plain functions. The CLI parses arguments, calls one of these once
 and prints the result; tests call them directly.
 
@@ -9,35 +10,37 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__, consent
 from promptlab.backends import is_fake
-from promptlab.cache import Cache
-from promptlab.cache import default_path as default_cache_path
 from promptlab.consent import CodeMode
+from promptlab.engine.cache import Cache, open_cache
+from promptlab.engine.cache import CacheOptions as CacheOptions  # run's argument: core.CacheOptions
+from promptlab.engine.runner import NoProgress, Progress, Stats, execute
+from promptlab.engine.store import (
+    RunLock,
+    RunWriter,
+    check_run_dir,
+    default_run_dir,
+    git_state,
+    run_name,
+    timestamp,
+)
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
 from promptlab.plan import Plan, Selection, build_plan, usable_cpus
-from promptlab.runner import NoProgress, Progress, Stats, execute
-from promptlab.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
+from promptlab.plan.prepare import prepare_run
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
-    from promptlab.report import ReportFiles
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    from promptlab.reports.tables import ReportFiles
 
 
 def prepare(
@@ -67,46 +70,6 @@ def prepare(
             why = f"`promptlab run` will refuse it until you consent: {consent.HOW}"
         suite.notes.append(f"{plan.code[0]}{more} names Python code; {why}")
     return plan
-
-
-def prepare_run(
-    path: Path,
-    *,
-    model: str | None = None,
-    allow_code: bool = False,
-    selection: Selection | None = None,
-    skip_unsupported: bool = False,
-) -> tuple[Plan, consent.Consent]:
-    """Load, check and render a suite for `run`: user code is imported only with consent."""
-    suite = load_suite(path, model_override=model, skip_unsupported=skip_unsupported)
-    granted = consent.for_run(allow_code, suite.root)
-    mode = CodeMode.RUN if granted.granted else CodeMode.REFUSE
-    try:
-        return build_plan(suite, code=mode, selection=selection), granted
-    except consent.ConsentError as exc:
-        if not suite.claims_code:
-            raise
-        raise consent.ConsentError(
-            exc.message, hint=f"{exc.hint}; the suite's own allow_code: does not count"
-        ) from None
-
-
-def git_state(root: Path) -> dict[str, Any] | None:
-    if shutil.which("git") is None or not (root / ".git").exists():
-        return None
-
-    def git(*args: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    return {
-        "commit": commit or None,
-        "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 # Shows the suite's notes before the first cell runs (the CLI prints them to stderr).
@@ -150,16 +113,9 @@ def find_suite(folder: Path) -> Path:
     )
 
 
-@dataclass(frozen=True)
-class CacheOptions:
-    use: bool = True  # --no-cache turns it off: neither read nor written
-    refresh: bool = False  # --refresh: run everything again and overwrite the cached results
-    path: Path | None = None  # --cache-db; default <project>/.promptlab/cache.sqlite
-
-
 def failing_cells(folder: Path) -> frozenset[str]:
     """Cell ids that failed or errored in an earlier run (for --failing)."""
-    from promptlab.store import read_results  # noqa: PLC0415
+    from promptlab.engine.store import read_results  # noqa: PLC0415
 
     rows = read_results(folder)
     if not rows:
@@ -201,7 +157,7 @@ def run(
     folder = out if out is not None else default_run_dir(suite.root, suite.path, name)
     check_run_dir(folder)
     cache_opts = cache or CacheOptions()
-    result_cache = _open_cache(cache_opts, suite.root)
+    result_cache = open_cache(cache_opts, suite.root)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
     lock: RunLock | None = None
     try:
@@ -221,7 +177,7 @@ def run(
     manifest: dict[str, Any] = {
         "promptlab_version": __version__,
         "status": "running",
-        "started_at": _now(),
+        "started_at": timestamp(),
         "finished_at": None,
         "command": argv if argv is not None else sys.argv,
         "suite": {
@@ -281,14 +237,8 @@ def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
     return {"consent": granted.source, "used_at": plan.code}
 
 
-def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
-    if not opts.use:
-        return None
-    return Cache(opts.path or default_cache_path(root), read=not opts.refresh, write=True)
-
-
 def _cpu_snapshot() -> tuple[float, float, float] | None:
-    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
 
     return tuning._cpu_snapshot()
 
@@ -304,7 +254,7 @@ def measure_load(seconds: float = 0.1) -> float | None:
     """How many CPUs' worth of work other processes did over at least `seconds` (Linux:
     /proc/stat, since promptlab started where that is recent), else the 1-minute load average;
     None where neither is known."""
-    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
 
     before = _STARTED
     if before is None or time.perf_counter() - before[2] > _WINDOW_MAX_S:
@@ -437,7 +387,7 @@ def _execute_locked(
         # "complete" only once the reports exist: a run killed while they are written says
         # "reporting", which --resume finishes (no cells left, the reports rebuilt).
         manifest["status"] = "reporting" if status == "complete" else status
-        manifest["finished_at"] = _now()
+        manifest["finished_at"] = timestamp()
         # A resumed run adds this session's counts to the earlier sessions'.
         manifest["prefix_reuse"] = _merge_counts(manifest.get("prefix_reuse"), stats.prefix_reuse())
         if result_cache is not None:
@@ -450,7 +400,7 @@ def _execute_locked(
         if error is not None:
             manifest["error"] = error.one_line()
         writer.write_manifest(manifest)
-    from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
+    from promptlab.reports.tables import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     reports = build_reports(folder)
     if status == "complete":
@@ -493,7 +443,7 @@ def resume(
 
     Consent to run code is asked again (`allow_code`, the environment, a trusted project): a run
     folder is a file like any other, so its manifest cannot grant it."""
-    from promptlab.store import read_manifest  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
 
     read_manifest(folder)  # a folder that holds no run gets no lock file either
     try:
@@ -518,7 +468,7 @@ def _resume_locked(
     allow_code: bool,
     notes: NotesFn | None,
 ) -> RunResult:
-    from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
     manifest = read_manifest(folder)  # again: a writer that just let go may have changed it
     args = manifest.get("run_args")
@@ -562,7 +512,7 @@ def _resume_locked(
         refresh=bool(cache_args.get("refresh", False)),
         path=Path(cache_args["path"]) if cache_args.get("path") else None,
     )
-    result_cache = _open_cache(cache_opts, plan.suite.root)
+    result_cache = open_cache(cache_opts, plan.suite.root)
     try:
         writer = RunWriter(folder)
     except OSError as exc:
@@ -574,7 +524,7 @@ def _resume_locked(
         ) from None
     manifest.setdefault("resumed", []).append(
         {
-            "at": _now(),
+            "at": timestamp(),
             "cells_done": len(done),
             "cells_left": len(plan.cells),
             "dropped_partial_line": dropped,
@@ -589,7 +539,7 @@ def _resume_locked(
 def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder", hint="pass the output folder of a run")
-    from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
+    from promptlab.reports.tables import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     return build_reports(folder, spreadsheet=spreadsheet)
 
@@ -699,7 +649,7 @@ def suite_schema() -> dict[str, Any]:
 # --- tune ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from promptlab.tune import ProgressFn, TuneResult
+    from promptlab.engine.tune import ProgressFn, TuneResult
 
 
 def tune(
@@ -715,7 +665,7 @@ def tune(
 
     threads: comma-separated thread counts ("1,2"); default 1..usable CPUs, at most 4 values.
     """
-    from promptlab import tune as tuning  # noqa: PLC0415 - loads a model; only for this command
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - loads a model; only for this command
 
     return tuning.tune(
         model,

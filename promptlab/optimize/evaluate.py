@@ -28,12 +28,12 @@ from promptlab.backends import (
     Sampling,
     open_backend,
 )
-from promptlab.cache import Cache
 from promptlab.consent import CodeMode
+from promptlab.engine.cache import Cache
+from promptlab.engine.runner import Stats, execute
+from promptlab.engine.store import RunWriter
 from promptlab.optimize.space import Candidate
 from promptlab.plan import Plan, build_plan
-from promptlab.runner import Stats, execute
-from promptlab.store import RunWriter
 from promptlab.suite import LoadedSuite, Params, PromptDef, TestDef
 
 # (passed, score) of each repeat of one test

@@ -15,11 +15,11 @@ from typing import Any
 import jinja2
 
 from promptlab.consent import CodeMode
+from promptlab.engine.runner import NoProgress, Stats, execute
+from promptlab.engine.store import RunWriter, read_results, repair_results
 from promptlab.optimize.evaluate import SharedModels
 from promptlab.optimize.space import Space
 from promptlab.plan import build_plan
-from promptlab.runner import NoProgress, Stats, execute
-from promptlab.store import RunWriter, read_results, repair_results
 from promptlab.suite import ModelDef, ModelSpec, Params, PromptDef, TestDef
 from promptlab.templates import sha256_text
 

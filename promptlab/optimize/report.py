@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promptlab.engine.store import MANIFEST, atomic_write
 from promptlab.optimize.search import CandidateRecord, SearchResult, Verdict
 from promptlab.optimize.space import Space
 from promptlab.optimize.template import optimized_text, original_source
-from promptlab.store import MANIFEST, atomic_write
 
 if TYPE_CHECKING:
     from promptlab.optimize.evaluate import Evaluator

@@ -16,8 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab import __version__, core
+from promptlab import __version__
 from promptlab.consent import CodeMode
+from promptlab.engine.cache import CacheOptions, open_cache
+from promptlab.engine.store import (
+    RunLock,
+    atomic_write,
+    check_run_dir,
+    default_run_dir,
+    git_state,
+    read_manifest,
+    read_results,
+    repair_results,
+    run_name,
+    timestamp,
+)
 from promptlab.errors import InputError, PromptlabError
 from promptlab.optimize import report, search
 from promptlab.optimize.evaluate import EvalEvents, Evaluator, count_cells
@@ -25,16 +38,8 @@ from promptlab.optimize.propose import propose
 from promptlab.optimize.space import Space, build_space, choose_prompt
 from promptlab.optimize.template import original_source, write_optimized
 from promptlab.plan import Plan
-from promptlab.store import (
-    RunLock,
-    atomic_write,
-    check_run_dir,
-    default_run_dir,
-    read_manifest,
-    read_results,
-    repair_results,
-    run_name,
-)
+from promptlab.plan.prepare import prepare_run
+from promptlab.suite import OptimizeSpec
 
 DEFAULT_FULL_CANDIDATES = 8  # the default budget pays for this many full validation passes
 
@@ -75,7 +80,7 @@ class Args:
     budget: int | None
     seed: int
     model: str | None
-    cache: core.CacheOptions
+    cache: CacheOptions
 
     def record(self) -> dict[str, Any]:
         return {
@@ -100,12 +105,12 @@ def optimize(
     seed: int = 0,
     model: str | None = None,
     out: Path | None = None,
-    cache: core.CacheOptions | None = None,
+    cache: CacheOptions | None = None,
     allow_code: bool = False,
     argv: list[str] | None = None,
     progress: OptimizeProgress | None = None,
 ) -> OptimizeResult:
-    args = Args(path, prompt, budget, seed, model, cache or core.CacheOptions())
+    args = Args(path, prompt, budget, seed, model, cache or CacheOptions())
     return _start(args, out, allow_code, argv, progress, resuming=False)
 
 
@@ -134,7 +139,7 @@ def resume(
         raw.get("budget"),
         int(raw.get("seed", 0)),
         raw.get("model"),
-        core.CacheOptions(
+        CacheOptions(
             use=bool(cache_raw.get("use", True)),
             refresh=bool(cache_raw.get("refresh", False)),
             path=Path(cache_raw["path"]) if cache_raw.get("path") else None,
@@ -175,7 +180,7 @@ def _start(
     before: dict[str, Any] | None = None,
 ) -> OptimizeResult:
     progress = progress or OptimizeProgress()
-    plan, granted = core.prepare_run(args.suite, model=args.model, allow_code=allow_code)
+    plan, granted = prepare_run(args.suite, model=args.model, allow_code=allow_code)
     suite = plan.suite
     code = CodeMode.RUN if granted.granted else CodeMode.REFUSE
     if len(plan.models) != 1:
@@ -187,7 +192,7 @@ def _start(
         )
     spec_budget = suite.optimize.spec.budget if suite.optimize is not None else None
     chosen = choose_prompt(
-        suite, args.prompt, suite.optimize.spec if suite.optimize else _default_spec()
+        suite, args.prompt, suite.optimize.spec if suite.optimize else OptimizeSpec()
     )
     space = build_space(suite, chosen, args.seed)
     if space.size() <= 1:
@@ -221,7 +226,7 @@ def _start(
             suite.root, suite.path, run_name(suite.path, suite.description) + "-optimize"
         )
         check_run_dir(folder)
-    result_cache = core._open_cache(args.cache, suite.root)
+    result_cache = open_cache(args.cache, suite.root)
     try:
         lock = RunLock(folder)
     except (OSError, PromptlabError) as exc:
@@ -252,12 +257,6 @@ def _start(
         lock.release()
         if result_cache is not None:
             result_cache.close()
-
-
-def _default_spec() -> Any:
-    from promptlab.suite import OptimizeSpec  # noqa: PLC0415
-
-    return OptimizeSpec()
 
 
 def _stored_rows(folder: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -292,7 +291,7 @@ def _run_locked(
             "promptlab_version": __version__,
             "kind": "optimize",
             "status": "running",
-            "started_at": manifest.get("started_at") or core._now(),
+            "started_at": manifest.get("started_at") or timestamp(),
             "finished_at": None,
             "command": argv if argv is not None else sys.argv,
             "suite": {
@@ -301,7 +300,7 @@ def _run_locked(
                 "description": suite.description,
             },
             "project_root": str(suite.root),
-            "git": core.git_state(suite.root),
+            "git": git_state(suite.root),
             "files": suite.files,
             "optimize_args": args.record(),
             "prompt": {"label": space.prompt.label, "source": space.prompt.source},
@@ -315,7 +314,7 @@ def _run_locked(
     )
     if before is not None:
         manifest.setdefault("resumed", []).append(
-            {"at": core._now(), "cells_stored": sum(len(v) for v in stored.values())}
+            {"at": timestamp(), "cells_stored": sum(len(v) for v in stored.values())}
         )
     atomic_write(folder / "split.json", report.dumps(manifest["split"]))
     report.write_manifest(folder, manifest)
@@ -395,7 +394,7 @@ def _run_locked(
     manifest.update(
         {
             "status": result.status,
-            "finished_at": core._now(),
+            "finished_at": timestamp(),
             "calls": {
                 "budget": budget,
                 "used": ev.used,

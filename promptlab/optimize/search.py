@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptlab import stats
 from promptlab.optimize.evaluate import BudgetExceeded, Evaluator
 from promptlab.optimize.space import Candidate, Space
+from promptlab.reports import stats
 
 MAX_FREE_TRIALS = 20  # proposals in a row that were all already tried: the space is spent
 

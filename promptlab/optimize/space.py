@@ -28,7 +28,7 @@ from promptlab.optimize.split import (
     expected_answer,
     make_split,
 )
-from promptlab.stats import MIN_TESTS
+from promptlab.reports.stats import MIN_TESTS
 from promptlab.suite import (
     OPTIMIZE_PARAMS,
     LoadedOptimize,

@@ -15,9 +15,10 @@ from typing import Any
 
 import jinja2
 
+from promptlab import files
+from promptlab.engine.store import atomic_write, slug
 from promptlab.errors import InputError
 from promptlab.optimize.space import Candidate
-from promptlab.store import atomic_write, slug
 from promptlab.suite import LoadedSuite, PromptDef, TestDef
 from promptlab.templates import TemplateEnv, sha256_text
 from promptlab.yamlio import load_yaml
@@ -59,13 +60,12 @@ def original_source(suite: LoadedSuite, prompt: PromptDef) -> tuple[str, Path]:
     goes). InputError when the prompt is not one whole template (a CSV row, a --- chunk)."""
     if prompt.source != "inline":
         path = suite.root / prompt.source
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".txt":
-            text = text.strip()  # as the loader compiles .txt prompts (promptfoo trims them)
-        if (
-            sha256_text(path.read_text(encoding="utf-8")) != prompt.sha256
-            and sha256_text(text) != prompt.sha256
-        ):
+        # Through the one door, as the loader read it (confined again: it may have been swapped
+        # for a link since), so the digest compares like with like.
+        whole = files.read_confined(path, suite.root, what="template", where=prompt.where)
+        # A .txt prompt is trimmed, as the loader compiles it (promptfoo trims them too).
+        text = whole.strip() if path.suffix.lower() == ".txt" else whole
+        if sha256_text(whole) != prompt.sha256 and sha256_text(text) != prompt.sha256:
             raise InputError(
                 f"{prompt.where}: prompt '{prompt.label}' is one of several in {prompt.source}; "
                 "optimize writes a copy of a single template",
@@ -137,7 +137,7 @@ def render_check(
     # outside the project): its includes resolve as they will beside the original.
     name = prompt.source if prompt.source != "inline" else None
     try:
-        code = env.env.compile(path.read_text(encoding="utf-8"), name, name)
+        code = env.env.compile(files.read_text(path, "optimized template"), name, name)
     except jinja2.TemplateSyntaxError as exc:
         return f"{path}:{exc.lineno}: {exc.message}"
     written = env.env.template_class.from_code(env.env, code, env.env.make_globals(None))
