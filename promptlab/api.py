@@ -9,12 +9,12 @@
     before.compare(run).variants     # pass-rate deltas and verdicts, per variant
 
 Everything goes through `promptlab.core`, as the CLI does, and the tables are the ones
-`promptlab.report` writes: `Run.results`, `.summary` and `.comparisons` are exactly what
+`promptlab.reports.tables` writes: `Run.results`, `.summary` and `.comparisons` are exactly what
 `pandas.read_csv` gives for results.csv, summary.csv and comparisons.csv (same columns, same
 dtypes), computed from results.jsonl so that a folder whose reports were never written reads the
 same. Errors are PromptlabError subclasses with the CLI's one-line messages; nothing here exits.
 
-pandas is imported when a table is first built (by promptlab.report, the module that owns
+pandas is imported when a table is first built (by promptlab.reports.tables, the module that owns
 pandas), never by `import promptlab`.
 """
 
@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from promptlab.errors import InputError
 
-if TYPE_CHECKING:  # for annotations only: at run time pandas is reached through promptlab.report
-    import pandas as pd
-
-    from promptlab import compare as cmp
-    from promptlab.report import Tables
-    from promptlab.runner import Progress
+if TYPE_CHECKING:  # for annotations only (pandas's DataFrame through reports/, which owns pandas)
+    from promptlab.engine.runner import Progress
+    from promptlab.reports import compare as cmp
+    from promptlab.reports.tables import DataFrame, Tables
 
 PathLike = str | os.PathLike[str]
 
@@ -42,8 +40,8 @@ PathLike = str | os.PathLike[str]
 READABLE = ("complete", "interrupted", "failed", "reporting")
 
 
-def _read_csv(text: str) -> pd.DataFrame:
-    from promptlab.report import read_back  # noqa: PLC0415 - pandas only once a table is asked for
+def _read_csv(text: str) -> DataFrame:
+    from promptlab.reports.tables import read_back  # noqa: PLC0415 - pandas only once a table is asked for
 
     return read_back(text)
 
@@ -91,17 +89,17 @@ class Run:
         return self._tables.csv()
 
     @cached_property
-    def results(self) -> pd.DataFrame:
+    def results(self) -> DataFrame:
         """results.csv: one row per cell (prompt x test x model x setting x repeat)."""
         return _read_csv(self._csv["results.csv"])
 
     @cached_property
-    def summary(self) -> pd.DataFrame:
+    def summary(self) -> DataFrame:
         """summary.csv: one row per prompt x model x setting, with intervals and ranks."""
         return _read_csv(self._csv["summary.csv"])
 
     @cached_property
-    def comparisons(self) -> pd.DataFrame:
+    def comparisons(self) -> DataFrame:
         """comparisons.csv: the paired tests between variants, with their verdicts."""
         return _read_csv(self._csv["comparisons.csv"])
 
@@ -116,7 +114,7 @@ class Run:
     def compare(self, other: Run | PathLike) -> Comparison:
         """What changed from this run (A, the earlier) to `other` (B, the later), cell by cell
         and per variant, as `promptlab compare A B` reports it (no files are written)."""
-        from promptlab import compare as cmp  # noqa: PLC0415
+        from promptlab.reports import compare as cmp  # noqa: PLC0415
 
         b = other if isinstance(other, Run) else load_run(other)
         if _same(self.folder, b.folder):
@@ -199,7 +197,7 @@ def _verdicts_html(comparisons: Sequence[dict[str, Any]]) -> str:
 
 
 class Comparison:
-    """Two runs compared cell by cell (promptlab.compare's result, as `details`)."""
+    """Two runs compared cell by cell (promptlab.reports.compare's result, as `details`)."""
 
     def __init__(self, a: Run, b: Run, details: cmp.Comparison) -> None:
         self.a, self.b, self.details = a, b, details
@@ -209,16 +207,16 @@ class Comparison:
         """Cells per kind: regression, fix, changed, same, only_a, only_b; and matched."""
         return dict(self.details.counts)
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> DataFrame:
         """compare.csv: one row per cell pair, read back as pandas reads that file."""
-        from promptlab import compare as cmp  # noqa: PLC0415
+        from promptlab.reports import compare as cmp  # noqa: PLC0415
 
         return _read_csv(cmp.to_csv(self.details))
 
     @property
-    def variants(self) -> pd.DataFrame:
+    def variants(self) -> DataFrame:
         """One row per variant in both runs: pass rates, delta in points, paired test, verdict."""
-        from promptlab.report import records_frame  # noqa: PLC0415
+        from promptlab.reports.tables import records_frame  # noqa: PLC0415
 
         return records_frame([v.as_dict() for v in self.details.variants])
 
@@ -255,8 +253,8 @@ def _same(a: Path, b: Path) -> bool:
 
 def load_run(folder: PathLike) -> Run:
     """A finished or interrupted run folder (InputError for anything else)."""
-    from promptlab.report import tables  # noqa: PLC0415 - pandas only when reading a run
-    from promptlab.store import read_manifest  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
+    from promptlab.reports.tables import tables  # noqa: PLC0415 - pandas only when reading a run
 
     path = Path(folder)
     if not path.is_dir():
@@ -310,7 +308,7 @@ def run(
         cache_db: the cache database (default: .promptlab/cache.sqlite).
         allow_code: run the suite's Python checks and transforms (--allow-code).
         skip_unsupported: leave out what uses a promptfoo feature promptlab does not run.
-        progress: an object with promptlab.runner.Progress's methods (default: silent).
+        progress: an object with promptlab.engine.runner.Progress's methods (default: silent).
 
     Returns the Run, also when interrupted (KeyboardInterrupt stops the cells; `run.status` is
     then "interrupted" and `promptlab.run(resume=run.folder)` finishes it). Raises InputError

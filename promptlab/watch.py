@@ -3,7 +3,7 @@
 Each pass is a whole `promptlab run` into a run folder of its own, so every pass leaves a complete
 folder; the result cache makes a pass after an edit recompute only the cells whose prompt or
 settings changed. After each complete pass, what changed since the previous complete pass is
-printed from promptlab.compare's cell-by-cell matching: new failures, fixes, changed outputs and
+printed from promptlab.reports.compare's cell-by-cell matching: new failures, fixes, changed outputs and
 pass-rate deltas per variant.
 
 Which files: those the last suite that loaded read (the manifest's `files`: the suite, its
@@ -28,11 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptlab import compare as cmp
 from promptlab import console
+from promptlab.engine.store import read_manifest
 from promptlab.errors import ExitCode, PromptlabError
 from promptlab.files import find_project_root
-from promptlab.store import read_manifest
+from promptlab.reports import compare as cmp
 from promptlab.termsafe import visible
 
 if TYPE_CHECKING:
