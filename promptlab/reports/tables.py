@@ -28,16 +28,19 @@ DataFrame: TypeAlias = pd.DataFrame
 
 UNCHECKED = "unchecked"  # a row's status when no check gated its output ("no checks")
 
-PARAM_COLUMNS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "seed",
-    "repeat_penalty",
-    "stop",
-)
+# The generation parameters, in the order results.csv carries them: parameter -> column. The row's
+# own `seed` column comes first with the cell's identity, so the parameter's column is `param_seed`
+# (one name twice in a CSV header reads in pandas as `seed` and `seed.1`).
+PARAM_COLUMNS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "max_tokens": "max_tokens",
+    "seed": "param_seed",
+    "repeat_penalty": "repeat_penalty",
+    "stop": "stop",
+}
 
 
 @dataclass
@@ -114,8 +117,8 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             rec[f"metric_{name}"] = (row.get("named_scores") or {}).get(name)
         rec["grammar"] = row.get("grammar")
         params = row.get("params", {})
-        for name in PARAM_COLUMNS:
-            rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
+        for name, column in PARAM_COLUMNS.items():
+            rec[column] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
     head = [
         "cell_id",
@@ -147,7 +150,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "prompt_source",
         *(f"metric_{m}" for m in metric_names),
         "grammar",
-        *PARAM_COLUMNS,
+        *PARAM_COLUMNS.values(),
     ]
     # Explicit columns: a run that finished no cell still gets a CSV with its header.
     frame: pd.DataFrame = pd.DataFrame.from_records(records, columns=head + tail)
