@@ -123,6 +123,7 @@ class _Loader(Sources):
             out += self.expand(t)
         for i, t in enumerate(out):
             t.index = i
+        self.code_files(out)
         return out
 
     def models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:

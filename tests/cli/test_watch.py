@@ -248,6 +248,28 @@ def test_ctrl_c_during_a_pass_leaves_a_resumable_run(
     assert len(lines) == 10
 
 
+def test_editing_a_python_check_file_runs_again(
+    project: Project, watch: Callable[..., Watch]
+) -> None:
+    """A check file is one of the suite's files, and the pass after an edit runs the new code
+    (the process is the same, so a module imported by the first pass must not be reused)."""
+    checks = project.write("evals/checks.py", "def ok(output, context):\n    return False\n")
+    project.write(
+        "evals/s.yaml",
+        "prompts: ['Say {{ w }}']\nmodels: ['fake://echo']\ntests:\n"
+        "  - vars: {w: hi}\n    assert: [{type: python, value: 'file://checks.py:ok'}]\n",
+    )
+    w = watch(project.root, "evals/s.yaml", "--allow-code")
+    w.wait_watching(1)
+    assert "watching 2 files of the suite" in w.stdout  # the suite and checks.py
+    edit(checks, "def ok(output, context):\n    return 'hi' in output\n")
+    w.wait_watching(2)
+    assert "changed: evals/checks.py" in w.stdout
+    assert "changes since pass 1: 0 new failures, 1 fix" in w.stdout.split("── pass 2", 1)[1]
+    assert w.interrupt() == 130
+    assert [m["cache"]["rows_from_cache"] for m in runs(project.root)] == [0, 1]
+
+
 def test_watch_refuses_options_of_a_single_run(
     project: Project, cli: Callable[..., CliResult]
 ) -> None:
