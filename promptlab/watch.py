@@ -7,8 +7,8 @@ printed from promptlab.reports.compare's cell-by-cell matching: new failures, fi
 pass-rate deltas per variant.
 
 Which files: those the last suite that loaded read (the manifest's `files`: the suite, its
-templates and their includes, test, var and other referenced files), watched in their own folders,
-not recursively, and filtered to exactly those files. While the suite does not load (a YAML error,
+templates and their includes, test, var, Python check and transform files, and other referenced
+files), watched in their own folders, not recursively, and filtered to exactly those files. While the suite does not load (a YAML error,
 an undefined variable, a missing file) the error is printed on one line and any file in the
 project outside results/ and hidden folders triggers a retry, since the fix may be a file the
 suite does not read yet.
