@@ -298,7 +298,7 @@ def print_validate(plan: Plan, path: Path) -> None:
     if skipped is not None:
         out.print(f"[yellow]{escape(skipped.replace('skipped', 'would be skipped', 1))}[/]")
     for m in plan.models:
-        where = m.path if isinstance(m.path, str) else m.path.name
+        where = m.path.name if isinstance(m.path, Path) else m.path
         out.print(
             f"  model {escape(m.label)}: {escape(str(where))} · chat template: {escape(m.chat_source)}"
         )
