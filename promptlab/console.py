@@ -100,6 +100,8 @@ class RichProgress:
             if rt.get("gpu_offload_supported")
             else "CPU build (no GPU offload)"
         )
+        if rt.get("backend") == "openai":  # the server decides where it runs
+            gpu = f"served at {rt.get('base_url')}"
         self.bar.console.print(
             f"[dim]model[/] [bold]{escape(label)}[/] {escape(str(facts.get('quantization', '')))} · "
             f"{escape(gpu)} · loaded in {facts.get('load_ms', 0):.0f} ms · chat template: {escape(str(facts.get('chat_template_source')))}"

@@ -616,10 +616,12 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
     model = BUNDLED["smollm2"].locate()
     if model is None:
         pytest.fail("the bundled smollm2 is not installed (./dev setup installs it)")
-    pytest.importorskip("uvicorn") if os.environ.get("CI", "").lower() not in (
-        "1",
-        "true",
-    ) else None
+    try:
+        import uvicorn  # noqa: F401 - llama-cpp-python's [server] extra
+    except ImportError:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("llama-cpp-python's [server] extra is missing (pip install -e '.[dev]')")
+        pytest.skip("llama-cpp-python's [server] extra is not installed")
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
@@ -695,10 +697,9 @@ CHAT_PROMPT = """
     label: chat
 """
 COMMON = """
-params: {temperature: 0, max_tokens: 12, logprobs: 2}
+params: {temperature: 0, max_tokens: 10, logprobs: 2}
 tests:
   - vars: {country: France}
-  - vars: {country: Japan}
 """
 
 
@@ -738,15 +739,15 @@ def test_real_server_matches_in_process_at_temperature_0(
         assert done.returncode == 0, done.stderr + real_server.log.read_text()[-2000:]
     local = by_cell(project.root / "raw") | by_cell(project.root / "chat_local")
     served = by_cell(project.root / "remote")
-    assert set(served) == set(local) and len(served) == 6
+    assert set(served) == set(local) and len(served) == 3
     for key, row in served.items():
         mine = local[key]
         # Same text in, same greedy tokens out: the server is the same llama.cpp on the same
         # GGUF; for chat, its own rendering of the GGUF's chat template matches promptlab's.
         assert row["output"] == mine["output"], (key, row["output"], mine["output"])
         assert row["logprobs"]["tokens"] == mine["logprobs"]["tokens"], key
-        for a, b in zip(row["logprobs"]["logprobs"], mine["logprobs"]["logprobs"], strict=True):
-            assert a == pytest.approx(b, abs=1e-3), key
+        # Rows keep 4 decimals: equal there, as the same engine on the same tokens gives.
+        assert row["logprobs"]["logprobs"] == mine["logprobs"]["logprobs"], key
         assert row["completion_tokens"] == mine["completion_tokens"], key
     manifest = json.loads((project.root / "remote" / "manifest.json").read_text())
     assert manifest["models"][0]["runtime"]["server_model"] == {"id": "smollm2", "owned_by": "me"}
