@@ -17,6 +17,8 @@ from promptlab.errors import BackendError
 if TYPE_CHECKING:
     import httpx
 
+    from promptlab.backends import Backend
+
 Endpoint = Literal["auto", "chat", "completion"]
 
 # /v1/models entry fields that describe the model rather than the request. `created` is kept only
@@ -186,3 +188,12 @@ def server_identity(spec: ServerSpec) -> ServerIdentity:
         default=str,
     )
     return ServerIdentity(key, entry is not None)
+
+
+def choice_problem(backend: Backend) -> str | None:
+    """Why a server model's backend cannot score `choice` checks (backends/openai.py's self-test,
+    run once), or None when it can or is not a server's. The engine asks here, so it reaches
+    backends/openai.py (and httpx) only through open_backend and this question."""
+    from promptlab.backends.openai import OpenAIBackend  # noqa: PLC0415 - imports httpx
+
+    return backend.choice_problem() if isinstance(backend, OpenAIBackend) else None
