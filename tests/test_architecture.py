@@ -27,6 +27,7 @@ CONTRACTS: list[dict[str, Any]] = tomllib.loads((REPO / "pyproject.toml").read_t
 ALLOWED = {
     "pandas": {"promptlab.reports"},
     "llama_cpp": {"promptlab.backends"},
+    "httpx": {"promptlab.backends"},
     "typer": {"promptlab.cli"},
     "rich": {"promptlab.cli", "promptlab.console"},
     "huggingface_hub": {"promptlab.models"},
@@ -99,6 +100,8 @@ def test_a_forbidden_import_is_forbidden_to_every_other_module(ident: str) -> No
         ("optimize/report.py", "from rich.console import Console", "rich"),
         ("scoring/text.py", "from promptlab.suite import load_suite", "pipeline"),
         ("engine/runner.py", "from promptlab.backends import llama", "protocol"),
+        ("engine/servers.py", "from promptlab.backends import openai", "protocol"),
+        ("plan/servers.py", "import httpx", "httpx"),
     ],
 )
 def test_a_violating_import_breaks_its_contract(

@@ -1,7 +1,8 @@
 """The backend protocol: the only seam between promptlab and an inference engine.
 
-`open_backend` picks the fake backend for `fake://` model paths and otherwise imports the real
-llama.cpp backend lazily, so commands that never generate (`--help`, `validate`, `render`) never
+`open_backend` picks the fake backend for `fake://` model paths, the OpenAI-compatible server
+backend for a `ServerSpec` (backends/server.py), and otherwise imports the real llama.cpp backend
+lazily, so commands that never generate (`--help`, `validate`, `render`) never
 import llama_cpp or numpy.
 """
 
@@ -10,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from promptlab.errors import PromptlabError
+
+if TYPE_CHECKING:
+    from promptlab.backends.server import ServerSpec
 
 # The smallest chunk whose cold-prompt speed stays within 10% of chunk 512 on both bundled models
 # (benchmarks/bench_chunk.py; Gemma3 is the sensitive one: 64 ran at 0.87x, 128 at 0.93-0.98x).
@@ -100,6 +104,9 @@ class GenRequest:
     grammar: str | None = None
     logprobs: int | None = None
     tag: Any = None
+    # (role, content) turns for a server's chat endpoint, which applies its own chat template;
+    # `text` then only shows and keys them (backends/server.py). In-process backends never get it.
+    messages: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,9 @@ def is_fake(spec: str) -> bool:
     return spec.startswith("fake://")
 
 
-def open_backend(path: Path | str, settings: LoadSettings, *, embedding: bool = False) -> Backend:
+def open_backend(
+    path: Path | str | ServerSpec, settings: LoadSettings, *, embedding: bool = False
+) -> Backend:
     """Load a model once; the caller keeps it resident for every cell and closes it at the end.
 
     embedding=True opens it in llama.cpp's embedding mode (mean pooling) for `embed()` only.
@@ -202,6 +211,12 @@ def open_backend(path: Path | str, settings: LoadSettings, *, embedding: bool = 
         from promptlab.backends.fake import FakeBackend  # noqa: PLC0415
 
         return FakeBackend(path, settings, embedding=embedding)
+    from promptlab.backends.server import ServerSpec  # noqa: PLC0415
+
+    if isinstance(path, ServerSpec):
+        from promptlab.backends.openai import OpenAIBackend  # noqa: PLC0415 - imports httpx
+
+        return OpenAIBackend(path, settings, embedding=embedding)
     from promptlab.backends.llama import LlamaBackend  # noqa: PLC0415 - heavy, import on demand
 
     return LlamaBackend(Path(path), settings, embedding=embedding)

@@ -102,6 +102,8 @@ class RichProgress:
             if rt.get("gpu_offload_supported")
             else "CPU build (no GPU offload)"
         )
+        if rt.get("backend") == "openai":  # the server decides where it runs
+            gpu = f"served at {rt.get('base_url')}"
         self.bar.console.print(
             f"[dim]model[/] [bold]{escape(label)}[/] {escape(str(facts.get('quantization', '')))} · "
             f"{escape(gpu)} · loaded in {facts.get('load_ms', 0):.0f} ms · chat template: {escape(str(facts.get('chat_template_source')))}"
@@ -300,7 +302,7 @@ def print_validate(plan: Plan, path: Path) -> None:
     if skipped is not None:
         out.print(f"[yellow]{escape(skipped.replace('skipped', 'would be skipped', 1))}[/]")
     for m in plan.models:
-        where = m.path if isinstance(m.path, str) else m.path.name
+        where = m.path.name if isinstance(m.path, Path) else m.path
         out.print(
             f"  model {escape(m.label)}: {escape(str(where))} · chat template: {escape(m.chat_source)}"
         )

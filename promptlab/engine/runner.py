@@ -25,7 +25,9 @@ from promptlab.backends import (
     json_schema_to_grammar,
     open_backend,
 )
+from promptlab.backends.server import ServerSpec, server_identity
 from promptlab.engine.cache import Cache, make_key
+from promptlab.engine.servers import require_choice_support
 from promptlab.engine.store import RunWriter
 from promptlab.errors import InputError
 from promptlab.models import describe, engine_id
@@ -101,7 +103,7 @@ class Stats:
 def model_record(model: PlannedModel) -> dict[str, Any]:
     """Static facts about a model for the manifest (file facts, settings, chat template)."""
     record: dict[str, Any] = {"label": model.label, "spec": model.spec_path}
-    if model.gguf is not None and not isinstance(model.path, str):
+    if model.gguf is not None and isinstance(model.path, Path):
         record.update(describe(model.path, model.gguf))
         record.update(source_record(model.spec_path, model.path))
     else:
@@ -130,6 +132,8 @@ class ModelHandle:
         self.after_load = after_load
         self._backend: Backend | None = None
         self._identity: str | None = None
+        # False for a server model its server does not list: nothing identifies its results.
+        self.cacheable = True
 
     @property
     def loaded(self) -> bool:
@@ -151,6 +155,9 @@ class ModelHandle:
             path = self.model.path
             if isinstance(path, str):  # fake:// models
                 self._identity = path
+            elif isinstance(path, ServerSpec):  # asks the server what it serves
+                server = server_identity(path)
+                self._identity, self.cacheable = server.key, server.cacheable
             else:
                 self._identity = f"{describe_sha(path)}|{engine_id()}"
         return {
@@ -192,6 +199,8 @@ def _gen_from_json(data: dict[str, Any]) -> tuple[Generation, float]:
 
 
 def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
+    # Chat requests to a server key on their messages; other keys stay as they were.
+    chat = {"messages": request.messages} if request.messages is not None else {}
     return make_key(
         kind="generate",
         **handle.identity(),
@@ -200,6 +209,7 @@ def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
         sampling=asdict(request.sampling),
         grammar=request.grammar,
         logprobs=request.logprobs,
+        **chat,
     )
 
 
@@ -209,7 +219,10 @@ def cached_generation(
     """(generation, latency ms) from the result cache, without loading the model."""
     if cache is None:
         return None
-    hit = cache.get("generate", _generation_key(handle, request))
+    key = _generation_key(handle, request)
+    if not handle.cacheable:
+        return None
+    hit = cache.get("generate", key)
     if hit is None:
         return None
     try:
@@ -221,7 +234,7 @@ def cached_generation(
 def remember_generation(
     cache: Cache | None, handle: ModelHandle, request: GenRequest, gen: Generation, latency: float
 ) -> None:
-    if cache is not None:
+    if cache is not None and handle.cacheable:
         cache.put("generate", _generation_key(handle, request), _gen_to_json(gen, latency))
 
 
@@ -306,15 +319,17 @@ class RunServices:
     def choices(self, context: str, add_bos: bool, choices: Sequence[str]) -> list[ChoiceScore]:
         assert self.handle is not None
         key = None
-        if self.cache is not None:
+        identity = self.handle.identity() if self.cache is not None else {}
+        cache = self.cache if self.handle.cacheable else None
+        if cache is not None:
             key = make_key(
                 kind="choices",
-                **self.handle.identity(),
+                **identity,
                 text=context,
                 add_bos=add_bos,
                 choices=list(choices),
             )
-            hit = self.cache.get("choices", key)
+            hit = cache.get("choices", key)
             if hit is not None:
                 try:
                     return [ChoiceScore(**c) for c in hit]
@@ -323,8 +338,8 @@ class RunServices:
         # The backend reuses a cached prefix only where that cannot change the scores
         # (backends/llama_decode.py), so the previous cell's prefix is kept.
         scores = self.handle.get().score_choices(context, add_bos, choices)
-        if self.cache is not None and key is not None:
-            self.cache.put("choices", key, [asdict(c) for c in scores])
+        if cache is not None and key is not None:
+            cache.put("choices", key, [asdict(c) for c in scores])
         return scores
 
     def judge(self, provider: str | None, messages: Sequence[Message]) -> dict[str, Any]:
@@ -357,7 +372,7 @@ class RunServices:
         for i, text in enumerate(texts):
             key = make_key(kind="embed", **handle.identity(), text=text) if self.cache else ""
             keys.append(key)
-            if self.cache is not None:
+            if self.cache is not None and handle.cacheable:
                 hit = self.cache.get("embed", key)
                 if isinstance(hit, list) and all(isinstance(x, (int, float)) for x in hit):
                     out[i] = [float(x) for x in hit]
@@ -366,7 +381,7 @@ class RunServices:
             vectors = handle.get().embed([texts[i] for i in missing])
             for i, vector in zip(missing, vectors, strict=True):
                 out[i] = vector
-                if self.cache is not None:
+                if self.cache is not None and handle.cacheable:
                     self.cache.put("embed", keys[i], vector)
         return [v for v in out if v is not None]
 
@@ -557,6 +572,9 @@ def execute(
                 after_load=loaded,
             )
             services.use(handle)
+            if isinstance(model.path, ServerSpec):
+                # Outside any check, so a refusal stops the run instead of failing each cell.
+                require_choice_support(handle, cells)
 
             def emit(row: dict[str, Any]) -> None:
                 writer.append(row)
@@ -578,6 +596,7 @@ def execute(
 
 
 def _request(cell: Cell, plan: Plan) -> GenRequest:
+    chat = tuple((m.role, m.content) for m in cell.messages) if cell.endpoint == "chat" else None
     return GenRequest(
         cell.text,
         cell.add_bos,
@@ -585,6 +604,7 @@ def _request(cell: Cell, plan: Plan) -> GenRequest:
         cell.grammar.gbnf if cell.grammar else None,
         cell.logprobs,
         tag=cell,
+        messages=chat,
     )
 
 

@@ -10,18 +10,20 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from promptlab import files, scoring
 from promptlab.backends import LoadSettings, Sampling, is_fake, json_schema_to_grammar
 from promptlab.backends.fake import confine_rules
+from promptlab.backends.server import ServerSpec, chat_text
 from promptlab.consent import CodeMode, ConsentError
 from promptlab.errors import InputError, Problems
 from promptlab.models import gguf_info, resolve
 from promptlab.models.gguf import GGUFInfo
 from promptlab.plan.chat import ChatTemplate
+from promptlab.plan.servers import server_endpoint, server_spec
 from promptlab.scoring import transforms
 from promptlab.suite import (
     CheckDef,
@@ -39,7 +41,7 @@ from promptlab.templates import Message, split_roles
 class PlannedModel:
     label: str
     spec_path: str
-    path: Path | str  # str for fake:// models
+    path: Path | str | ServerSpec  # str for fake:// models, ServerSpec for provider: openai
     gguf: GGUFInfo | None
     chat: ChatTemplate | None
     settings: LoadSettings
@@ -47,6 +49,8 @@ class PlannedModel:
 
     @property
     def chat_source(self) -> str:
+        if self.chat is None and isinstance(self.path, ServerSpec):
+            return f"the server's (endpoint: {self.path.endpoint})"
         return self.chat.source if self.chat else "none (raw completion)"
 
 
@@ -66,6 +70,7 @@ class Cell:
     grammar: Grammar | None = None
     logprobs: int | None = None  # None: not captured; 0: chosen token only; k: top-k too
     generate: bool = True  # False when every check scores the prompt itself (choice)
+    endpoint: str | None = None  # server models: "chat" or "completion"
     sampling: Sampling | None = None  # this cell's generation settings (a point of the grid)
     setting: str = ""  # the varied params of this cell, e.g. "temperature=0.7", or ""
     repeat: int = 0  # repeat index; the seed is params.seed + repeat
@@ -141,8 +146,12 @@ def usable_cpus() -> int:
 def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
     spec = m.spec
     gguf: GGUFInfo | None = None
-    path: Path | str
-    if is_fake(spec.path):
+    path: Path | str | ServerSpec
+    if spec.provider == "openai":
+        path = server_spec(spec, m.label, m.where)
+    elif spec.path is None:  # the schema requires it for local models
+        raise InputError(f"{m.where}: missing required key; add path:")
+    elif is_fake(spec.path):
         path = confine_rules(spec.path, suite.path.parent, suite.root, m.where)
     else:
         path = resolve(spec.path, suite.path.parent, m.where)
@@ -190,11 +199,15 @@ def _plan_model(suite: LoadedSuite, m: ModelDef, seed: int) -> PlannedModel:
         prefix_chunk=spec.prefix_chunk,
         parallel=None if spec.parallel == "auto" else spec.parallel,
     )
+    if isinstance(path, ServerSpec):
+        # The server owns threads, context and offload: neutral values, so nothing here (the
+        # busy-CPU note, tune) mistakes it for a local model.
+        settings = replace(settings, n_gpu_layers=0, n_threads=1, n_threads_batch=1, parallel=1)
     if gguf is not None and gguf.n_ctx_train and spec.n_ctx > gguf.n_ctx_train:
         suite.notes.append(
             f"{m.where}: n_ctx {spec.n_ctx} exceeds the model's training context {gguf.n_ctx_train}; quality may drop past it"
         )
-    return PlannedModel(m.label, spec.path, path, gguf, chat, settings, m.where)
+    return PlannedModel(m.label, spec.path or str(path), path, gguf, chat, settings, m.where)
 
 
 def _cell_id(
@@ -495,7 +508,19 @@ def build_plan(
                         continue
                     kept_tests.append(test.index)
                 where = f"prompt '{prompt.label}' × model '{model.label}'"
-                if model.chat is not None:
+                endpoint = None
+                if isinstance(model.path, ServerSpec):
+                    try:
+                        endpoint = server_endpoint(
+                            model.path, model.chat is not None, had_roles, prompt, leaves
+                        )
+                    except InputError as exc:
+                        found(exc)
+                        continue
+                if endpoint == "chat":
+                    text = chat_text([(msg.role, msg.content) for msg in messages])
+                    chat_applied, add_bos = True, False  # applied by the server
+                elif model.chat is not None:
                     text = model.chat.apply(messages, where)
                     chat_applied, add_bos = True, False  # the template writes BOS itself
                 else:
@@ -540,6 +565,7 @@ def build_plan(
                             setting=setting,
                             repeat=repeat,
                             order=order,
+                            endpoint=endpoint,
                         )
                     )
     if problems:

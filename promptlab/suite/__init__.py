@@ -2,7 +2,8 @@
 
 schema.py is promptlab's own strict format (pydantic); loader.py reads a file into it and into
 the loaded form (loaded.py), with sources.py for prompt and test files, entries.py for each
-test's vars and checks, problems.py for the errors, and promptfoo.py for the promptfoo dialect.
+test's vars and checks, problems.py for the errors, promptfoo.py for the promptfoo dialect, and
+servers.py for the settings of a model behind a server (provider: openai).
 optimize_schema.py is the optimize: section (`promptlab optimize`); strict.py the models' base.
 """
 

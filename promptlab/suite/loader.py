@@ -176,7 +176,7 @@ class _Loader(Sources):
                 )
             else:
                 where = self.where(None, "models (default)")
-            label = spec.label or _override_label(spec.path)
+            label = spec.label or _model_label(spec)
             out.append(ModelDef(label, spec, where))
         labels = [m.label for m in out]
         for lab in labels:
@@ -433,6 +433,12 @@ def _default_test_file(data: dict[str, Any], doc: YamlDoc, loader: _Loader) -> d
     if not isinstance(value, dict):
         raise InputError(f"{paths[0]}: a defaultTest file must hold a mapping (vars:, assert:, …)")
     return {**data, "defaultTest": value}
+
+
+def _model_label(spec: ModelSpec) -> str:
+    if spec.path is None:  # a server model: its name on the server
+        return spec.model or "server"
+    return _override_label(spec.path)
 
 
 def _override_label(spec: str) -> str:

@@ -76,7 +76,15 @@ def validation_errors(
 
 
 # Error types whose message says it all: no "(got ...)" after it.
-_NO_INPUT = {"unknown_key", "promptfoo_refused", "missing", "model_type", "dict_type", "list_type"}
+_NO_INPUT = {
+    "unknown_key",
+    "promptfoo_refused",
+    "missing",
+    "model_type",
+    "dict_type",
+    "list_type",
+    "provider_key",
+}
 _UNION_TAG = re.compile(r"^(?:[a-z]+(?:-[a-z]+)*\[.*\]|int|float|str|bool|none|[A-Z]\w*)$")
 
 

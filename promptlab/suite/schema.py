@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from promptlab.suite.optimize_schema import OptimizeSpec
+from promptlab.suite.servers import ServerFields
 from promptlab.suite.strict import Strict
 from promptlab.suite.strict import file_field as _files  # short: it marks many fields below
 
@@ -263,14 +264,18 @@ def _str_to_prompt(value: Any) -> Any:
     return {"id": value} if isinstance(value, str) else value
 
 
-class ModelSpec(Strict):
-    """A local GGUF model and its llama.cpp load settings (all set explicitly, never library defaults)."""
+# The server settings (provider: openai) come from ServerFields (suite/servers.py). It comes first
+# so its key check runs before Strict's, as when both sat in this class.
+class ModelSpec(ServerFields, Strict):
+    """A local GGUF model and its llama.cpp load settings (all set explicitly, never library
+    defaults), or a model behind an OpenAI-compatible server (provider: openai)."""
 
-    path: str = Field(
+    path: str | None = Field(
+        default=None,
         description="A .gguf file (relative to the suite; model files may live outside the "
         "project), a bundled alias (smollm2, gemma3), an Ollama model (ollama:NAME[:TAG]) or a "
         "hub file (hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:Q4_K_M, optionally @REVISION). "
-        "fake://rules?file=x.json reads a rules file",
+        "fake://rules?file=x.json reads a rules file. Required for a local model",
         json_schema_extra=_files("fake-backend rules file"),
     )
     label: str | None = Field(
