@@ -33,6 +33,7 @@ from promptlab.store import RunLock, RunWriter, check_run_dir, default_run_dir, 
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
+    from promptlab.distributed import Cluster
     from promptlab.report import ReportFiles
 
 
@@ -182,7 +183,10 @@ def run(
     cache: CacheOptions | None = None,
     notes: NotesFn | None = None,
     skip_unsupported: bool = False,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
+    """`ray`: run the cells on a Ray cluster (auto, local or HOST:PORT; see distributed.py)."""
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
     plan, granted = prepare_run(
         path,
@@ -202,6 +206,7 @@ def run(
     check_run_dir(folder)
     cache_opts = cache or CacheOptions()
     result_cache = _open_cache(cache_opts, suite.root)
+    cluster = _connect_ray(ray, ray_actors, result_cache)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
     lock: RunLock | None = None
     try:
@@ -210,6 +215,8 @@ def run(
     except (OSError, PromptlabError) as exc:
         if result_cache is not None:
             result_cache.close()
+        if cluster is not None:
+            cluster.close()
         if lock is not None:
             lock.release()
         if isinstance(exc, PromptlabError):
@@ -271,7 +278,21 @@ def run(
         "skipped": suite.skipped,
         "code": _code_record(plan, granted),
     }
-    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes, cluster)
+
+
+def _connect_ray(address: str | None, actors: int | None, cache: Cache | None) -> Cluster | None:
+    """The Ray cluster for --ray (None without it); on failure the cache is closed first."""
+    if address is None:
+        return None
+    from promptlab.distributed import connect  # noqa: PLC0415 - Ray only with --ray
+
+    try:
+        return connect(address, actors)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
 
 
 def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
@@ -384,10 +405,15 @@ def _execute(
     folder: Path,
     lock: RunLock | None,
     show_notes: NotesFn | None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
     try:
-        return _execute_locked(plan, writer, manifest, result_cache, progress, folder, show_notes)
+        return _execute_locked(
+            plan, writer, manifest, result_cache, progress, folder, show_notes, cluster
+        )
     finally:
+        if cluster is not None:
+            cluster.close()
         if lock is not None:
             lock.release()
 
@@ -400,6 +426,7 @@ def _execute_locked(
     progress: Progress | None,
     folder: Path,
     show_notes: NotesFn | None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
     try:
         threads = check_threads(plan)
@@ -410,6 +437,8 @@ def _execute_locked(
         raise
     if threads is not None:
         manifest["threads"] = threads
+    if cluster is not None:
+        manifest["ray"] = cluster.describe()
     shown = len(plan.suite.notes)
     if show_notes is not None and shown:
         show_notes(list(plan.suite.notes))
@@ -422,7 +451,16 @@ def _execute_locked(
     stats = Stats()
     status, error = "complete", None
     try:
-        execute(plan, writer, progress or NoProgress(), on_model, cache=result_cache, stats=stats)
+        if cluster is not None:
+            from promptlab.distributed import execute_ray  # noqa: PLC0415 - Ray only with --ray
+
+            execute_ray(
+                plan, writer, progress or NoProgress(), on_model, cluster, result_cache, stats
+            )
+        else:
+            execute(
+                plan, writer, progress or NoProgress(), on_model, cache=result_cache, stats=stats
+            )
     except KeyboardInterrupt:
         status = "interrupted"
     except PromptlabError as exc:
@@ -485,6 +523,8 @@ def resume(
     argv: list[str] | None = None,
     allow_code: bool = False,
     notes: NotesFn | None = None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
     """Finish an interrupted run in place: plan the same cells, skip those already stored.
 
@@ -504,7 +544,7 @@ def resume(
             hint="make it writable, then resume again",
         ) from None
     try:
-        return _resume_locked(folder, lock, progress, argv, allow_code, notes)
+        return _resume_locked(folder, lock, progress, argv, allow_code, notes, ray, ray_actors)
     except BaseException:
         lock.release()
         raise
@@ -517,6 +557,8 @@ def _resume_locked(
     argv: list[str] | None,
     allow_code: bool,
     notes: NotesFn | None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
     from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
@@ -563,11 +605,14 @@ def _resume_locked(
         path=Path(cache_args["path"]) if cache_args.get("path") else None,
     )
     result_cache = _open_cache(cache_opts, plan.suite.root)
+    cluster = _connect_ray(ray, ray_actors, result_cache)
     try:
         writer = RunWriter(folder)
     except OSError as exc:
         if result_cache is not None:
             result_cache.close()
+        if cluster is not None:
+            cluster.close()
         raise PromptlabError(
             f"{folder}: cannot write to the run folder: {exc.strerror or exc}",
             hint="make it writable, then resume again",
@@ -583,7 +628,7 @@ def _resume_locked(
     manifest["status"] = "running"
     manifest["command"] = argv if argv is not None else sys.argv
     manifest["code"] = _code_record(plan, granted)
-    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes, cluster)
 
 
 def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:

@@ -200,6 +200,16 @@ def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
     )
 
 
+def choices_key(
+    identity: dict[str, Any], context: str, add_bos: bool, choices: Sequence[str]
+) -> str:
+    """The cache key of one choice scoring (shared with distributed.py, which looks it up
+    before sending the scoring to a Ray actor)."""
+    return make_key(
+        kind="choices", **identity, text=context, add_bos=add_bos, choices=list(choices)
+    )
+
+
 def cached_generation(
     cache: Cache | None, handle: ModelHandle, request: GenRequest
 ) -> tuple[Generation, float] | None:
@@ -304,13 +314,7 @@ class RunServices:
         assert self.handle is not None
         key = None
         if self.cache is not None:
-            key = make_key(
-                kind="choices",
-                **self.handle.identity(),
-                text=context,
-                add_bos=add_bos,
-                choices=list(choices),
-            )
+            key = choices_key(self.handle.identity(), context, add_bos, choices)
             hit = self.cache.get("choices", key)
             if hit is not None:
                 try:
