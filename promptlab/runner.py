@@ -145,11 +145,7 @@ class ModelHandle:
     def identity(self) -> dict[str, Any]:
         """What the cache keys on for this model: file and build, and the load settings."""
         if self._identity is None:
-            path = self.model.path
-            if isinstance(path, str):  # fake:// models
-                self._identity = path
-            else:
-                self._identity = f"{describe_sha(path)}|{engine_id()}"
+            self._identity = model_identity(self.model.path)
         return {
             "model": self._identity,
             "load": self.model.settings.result_key(),
@@ -161,6 +157,14 @@ class ModelHandle:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+
+def model_identity(path: Path | str) -> str:
+    """The model part of every cache key: file sha256 and llama.cpp build (the spec for fake://
+    models). Ray actors report theirs, so a node with another file or build is refused."""
+    if isinstance(path, str):
+        return path
+    return f"{describe_sha(path)}|{engine_id()}"
 
 
 def describe_sha(path: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -100,15 +101,34 @@ def rules_model(project: Project, **options: str) -> str:
 
 def test_shard_cuts_where_neighbours_share_least() -> None:
     texts = ["sys A q1", "sys A q2", "sys A q3", "sys B q1", "sys B q2", "sys B q3"]
-    assert shard(texts, 2) == [range(0, 3), range(3, 6)]
+    assert shard(texts, 2) == [range(3), range(3, 6)]
     # Off-centre group boundary within a quarter slice: the cut moves to it.
     texts = ["P1 a", "P1 b", "P1 c", "P1 d", "P1 e", "P2 a", "P2 b", "P2 c"]
-    assert shard(texts, 2) == [range(0, 5), range(5, 8)]
+    assert shard(texts, 2) == [range(5), range(5, 8)]
     # Every slice is non-empty and together they cover the order once.
     for n in range(1, 9):
         parts = shard(texts, n)
         assert len(parts) == n
         assert [i for p in parts for i in p] == list(range(len(texts)))
+
+
+def test_an_actor_with_another_model_or_build_is_refused() -> None:
+    from collections import deque
+
+    from promptlab.distributed.pool import Pool, Slot
+    from promptlab.errors import BackendError
+
+    class NoRay:  # settle() never calls Ray: it only compares what the actor reported
+        ray = None
+
+    planned = type("M", (), {"label": "m"})()  # only its label is read
+    pool = Pool(NoRay(), planned, "tag", "sha-a|build-1")  # type: ignore[arg-type]
+    slot = Slot(deque())
+    with pytest.raises(BackendError, match=re.escape("on node7 loaded 'sha-a|build-2'")):
+        pool.settle(slot, {"identity": "sha-a|build-2", "host": "node7"})
+    assert slot.facts is None
+    pool.settle(slot, {"identity": "sha-a|build-1", "host": "node7"})
+    assert slot.facts is not None
 
 
 def test_ray_address_checked_and_missing_ray_named(
@@ -121,6 +141,12 @@ def test_ray_address_checked_and_missing_ray_named(
     bad = cli("run", "suite.yaml", "--ray", "nowhere")
     assert bad.code == 2
     assert "not auto, local, HOST:PORT" in bad.err
+    nobody = cli("run", "suite.yaml", "--ray", "127.0.0.1:1")  # fails fast, not after minutes
+    assert nobody.code == 2
+    assert "--ray 127.0.0.1:1: nothing answers there" in nobody.err
+    zero = cli("run", "suite.yaml", "--ray", "local", "--ray-actors", "0")
+    assert zero.code == 2
+    assert "--ray-actors must be at least 1" in zero.err
     lone = cli("run", "suite.yaml", "--ray-actors", "2")
     assert lone.code == 2
     assert "--ray-actors needs --ray" in lone.err
@@ -264,6 +290,35 @@ def test_a_dead_actor_is_replaced_and_its_cells_retried(
     assert record["ray"]["actors_replaced"] == 1
     assert record["ray"]["cells_retried"] >= 1
     assert sum(record["ray"]["cells_per_actor"]) == 24
+
+
+@pytest.mark.timeout(300)
+def test_judges_on_the_model_under_test_and_on_the_driver(
+    project: Project, ray_cluster: str
+) -> None:
+    judge = "fake://reply?text=" + json.dumps({"reason": "fine", "pass": True, "score": 0.75})
+    lines = [
+        'prompts: ["Rate {{ n }}"]',
+        f"models: [{{path: {json.dumps(judge)}, label: m, n_threads: 1}}]",
+        "tests:",
+    ]
+    for i in range(6):
+        lines += [
+            f"  - vars: {{n: {i}}}",
+            "    assert:",
+            "      - {type: llm-rubric, value: is a verdict}",  # judged by the model under test
+            f"      - {{type: llm-rubric, value: is fine, provider: {json.dumps(judge + '&x=1')}}}",
+        ]
+    suite = project.write("suite.yaml", "\n".join(lines) + "\n")
+    no_cache = core.CacheOptions(use=False)
+    local = core.run(suite, out=project.root / "local", cache=no_cache)
+    remote = core.run(suite, out=project.root / "ray", cache=no_cache, ray="auto")
+    rows = rows_by_cell(remote.folder)
+    assert rows == rows_by_cell(local.folder)
+    assert all(r["status"] == "pass" for r in rows.values())
+    assert all(c["details"]["judge_reason"] == "fine" for r in rows.values() for c in r["checks"])
+    roles = [m["role"] for m in manifest(remote.folder)["models"]]
+    assert roles == ["under test", "judge"]  # the provider's judge loaded once, on the driver
 
 
 @pytest.mark.timeout(300)
