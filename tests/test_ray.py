@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,10 +77,14 @@ def manifest(folder: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
-    """One local two-CPU Ray cluster for the whole module; yields its GCS address."""
+    """One local two-CPU Ray cluster for the whole module; yields its GCS address. Its session
+    files live in a folder of its own (short: Ray's socket paths must fit 107 bytes), so other
+    Ray clusters on the machine and `ray start` are left alone."""
     import ray
 
+    temp = tempfile.mkdtemp(prefix="plray-", dir="/tmp")
     context = ray.init(
+        _temp_dir=temp,
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -90,6 +96,7 @@ def ray_cluster() -> Iterator[str]:
         yield str(context.address_info["gcs_address"])
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def rules_model(project: Project, **options: str) -> str:
@@ -377,7 +384,15 @@ def test_real_model_rows_match_a_local_run(project: Project, ray_cluster: str) -
     no_cache = core.CacheOptions(use=False)
     local = core.run(suite, out=project.root / "local", cache=no_cache)
     remote = core.run(suite, out=project.root / "ray", cache=no_cache, ray="auto")
-    assert rows_by_cell(remote.folder) == rows_by_cell(local.folder)
+    rows = rows_by_cell(remote.folder)
+    assert rows == rows_by_cell(local.folder)
+    generated = [r for r in rows.values() if r["completion_tokens"]]
+    assert len(generated) == 4  # the choice-only test generates nothing
+    assert all(r["output"].strip() for r in generated)
+    picks = [c for r in rows.values() for c in r["checks"] if c["type"] == "choice"]
+    assert len(picks) == 2
+    assert all(set(c["details"]["logprobs"]) == {" Tokyo", " Osaka"} for c in picks)
     (record,) = manifest(remote.folder)["models"]
     assert record["ray"]["actors"] == 2
+    assert all(n > 0 for n in record["ray"]["cells_per_actor"])
     assert record["runtime"]["backend"] != "fake"
