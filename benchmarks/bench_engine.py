@@ -156,7 +156,7 @@ def new_project() -> Path:
 
 
 def rows_of(folder: Path) -> list[dict[str, Any]]:
-    from promptlab.store import read_results  # noqa: PLC0415
+    from promptlab.engine.store import read_results  # noqa: PLC0415
 
     return read_results(folder)
 
@@ -241,7 +241,7 @@ def bench_prefix(args: argparse.Namespace) -> int:
     from promptlab import core  # noqa: PLC0415
     from promptlab.backends import open_backend  # noqa: PLC0415
     from promptlab.backends.llama import LlamaBackend  # noqa: PLC0415
-    from promptlab.store import read_manifest  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
 
     project = prefix_project(args.tests, args.threads, args.prefix_chunk)
     suite = project / "suite.yaml"
@@ -396,7 +396,7 @@ def cache_project(n_topics: int, threads: int | None = None) -> Path:
 
 
 def cli_run(project: Path, out: str) -> tuple[ChildResult, list[dict[str, Any]], dict[str, Any]]:
-    from promptlab.store import read_manifest  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
 
     res = run_child([PROMPTLAB, "run", "suite.yaml", "-o", out], project)
     if res.returncode not in (0, 100):
@@ -441,7 +441,11 @@ def bench_cache(args: argparse.Namespace) -> int:
 
     fixed = [
         run_child(
-            [sys.executable, "-c", "import promptlab.cli, promptlab.core, promptlab.report"],
+            [
+                sys.executable,
+                "-c",
+                "import promptlab.cli, promptlab.core, promptlab.reports.tables",
+            ],
             project,
         ).wall_s
         for _ in range(3)
@@ -544,7 +548,7 @@ def peak_rss_mb() -> float:
 
 def scale_child(args: argparse.Namespace) -> int:
     """In a child process: one core.run; prints a JSON line of phase timings."""
-    import promptlab.report  # noqa: F401, PLC0415 - imported up front, as a run would
+    import promptlab.reports.tables  # noqa: F401, PLC0415 - imported up front, as a run would
     from promptlab import core  # noqa: PLC0415
 
     rss_before = peak_rss_mb()

@@ -36,10 +36,14 @@ import llama_cpp.llama_cpp as llama_lib
 
 from promptlab import core
 from promptlab.backends import Sampling, is_fake
-from promptlab.backends.llama import _without_extra_buffers, build_has_amx, supports_gpu_offload
+from promptlab.backends.llama_runtime import (
+    build_has_amx,
+    supports_gpu_offload,
+    without_extra_buffers,
+)
+from promptlab.engine.store import read_manifest, read_results
 from promptlab.errors import PromptlabError
 from promptlab.plan import Cell, Plan, PlannedModel
-from promptlab.store import read_manifest, read_results
 
 TARGET = 1.05
 QUIET = 0.10  # a round is 'quiet' when other processes used under 10% of the CPUs
@@ -124,7 +128,7 @@ def open_bare(model: PlannedModel) -> Any:
     s = model.settings
     requested = s.n_gpu_layers
     n_gpu_layers = (-1 if supports_gpu_offload() else 0) if requested is None else requested
-    with _without_extra_buffers(build_has_amx()):
+    with without_extra_buffers(build_has_amx()):
         return llama_cpp.Llama(
             model_path=str(model.path),
             n_gpu_layers=n_gpu_layers,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from promptlab.compare import load_run, match
+from promptlab.reports.compare import load_run, match
 
 
 @dataclass

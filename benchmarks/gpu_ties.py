@@ -19,7 +19,7 @@ from typing import Any
 
 import llama_cpp
 
-from promptlab.compare import load_run, match
+from promptlab.reports.compare import load_run, match
 
 
 def top2(step: dict[str, float]) -> list[tuple[str, float]]:

@@ -17,7 +17,7 @@ last position's logits bit for bit against one decode of the whole prompt:
   pp        prompt tok/s (a 512-token decode, median of 3) and generation tok/s (64 tokens)
 
 The table these produced is in benchmarks/README.md; backends/llama_decode.py and
-backends/llama_engine.py are built on it, and `llama_engine.self_test` rechecks the rules that
+backends/llama_engine.py are built on it, and `llama_selftest.self_test` rechecks the rules that
 matter on every model when it loads.
 """
 

@@ -1,3 +1,4 @@
+# Over 600 lines: every command's arguments, in one module that imports nothing heavy.
 """The command line. Thin: parse arguments, call one function in `promptlab.core`, print.
 
 Imports stay light at module level so `promptlab --help` answers fast; the core (and through it
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from promptlab.gates import GateOptions, Outcome
-    from promptlab.report import ReportFiles
+    from promptlab.reports.gates import GateOptions, Outcome
+    from promptlab.reports.tables import ReportFiles
 
 app = typer.Typer(
     name="promptlab",
@@ -225,15 +226,16 @@ def run(
     """Run every prompt × test × model, score the outputs and write reports.
 
     Without SUITE: ./promptfooconfig.yaml, else the only suite in evals/."""
-    from promptlab import console, core, gates
-    from promptlab.compare import project_of
+    from promptlab import console, core
     from promptlab.errors import ExitCode, InputError
     from promptlab.files import find_project_root
     from promptlab.plan import Selection
+    from promptlab.reports import gates
+    from promptlab.reports.compare import project_of
 
     argv = ["promptlab", *_argv]
     if ray is not None:  # before any planning: a missing Ray is one line, exit 2
-        from promptlab.distributed import check_address, import_ray
+        from promptlab.engine.distributed import check_address, import_ray
 
         check_address(ray)
         import_ray()
@@ -335,8 +337,9 @@ def _conclude(
     error: Exception | None = None,
 ) -> Outcome:
     """Gates, JUnit and the JSON summary, shared by `run` and `report`."""
-    from promptlab import console, gates
-    from promptlab.store import read_manifest, read_results
+    from promptlab import console
+    from promptlab.engine.store import read_manifest, read_results
+    from promptlab.reports import gates
     from promptlab.termsafe import json_visible
 
     rows = read_results(folder)
@@ -393,9 +396,10 @@ def report(
     ] = False,
 ) -> int:
     """Rebuild results.csv, summary.csv and report.html from a run's stored results."""
-    from promptlab import console, core, gates
-    from promptlab.compare import project_of
-    from promptlab.store import read_manifest
+    from promptlab import console, core
+    from promptlab.engine.store import read_manifest
+    from promptlab.reports import gates
+    from promptlab.reports.compare import project_of
 
     gate_opts = gates.prepare(fail_under, max_regression, baseline, project_of(folder))
     reports = core.report(folder, spreadsheet=spreadsheet)
@@ -422,9 +426,9 @@ def compare(
     ] = False,
 ) -> int:
     """Compare two runs cell by cell: regressions, fixes, changed outputs, paired tests."""
-    from promptlab import compare as cmp
     from promptlab import console
     from promptlab.errors import ExitCode
+    from promptlab.reports import compare as cmp
 
     a, b = (None, run_a) if run_b is None else (run_a, run_b)
     result = cmp.compare(a, b, out=output)
@@ -449,7 +453,7 @@ def history(
 ) -> int:
     """List earlier runs from their manifests: date, commit, templates changed, pass rates."""
     from promptlab import console
-    from promptlab import history as hist
+    from promptlab.reports import history as hist
 
     found = hist.history(hist.project_for(suite, Path.cwd()), suite, runs or [])
     if template is not None:
@@ -469,9 +473,9 @@ app.add_typer(baseline_app, name="baseline")
 @baseline_app.command("set")
 def baseline_set(run_folder: Annotated[Path, typer.Argument(help="A run folder")]) -> int:
     """Make RUN the project's baseline (.promptlab/baseline.json)."""
-    from promptlab import compare as cmp
     from promptlab import console
     from promptlab.files import find_project_root
+    from promptlab.reports import compare as cmp
 
     file = cmp.set_baseline(run_folder, find_project_root(Path.cwd()))
     console.out.print(console.escape(f"baseline: {run_folder} (stored in {file})"))
@@ -481,9 +485,9 @@ def baseline_set(run_folder: Annotated[Path, typer.Argument(help="A run folder")
 @baseline_app.command("show")
 def baseline_show() -> int:
     """Print the baseline run."""
-    from promptlab import compare as cmp
     from promptlab import console
     from promptlab.files import find_project_root
+    from promptlab.reports import compare as cmp
 
     root = find_project_root(Path.cwd())
     path = cmp.get_baseline(root)
@@ -503,9 +507,9 @@ def baseline_show() -> int:
 @baseline_app.command("clear")
 def baseline_clear() -> int:
     """Forget the baseline."""
-    from promptlab import compare as cmp
     from promptlab import console
     from promptlab.files import find_project_root
+    from promptlab.reports import compare as cmp
 
     removed = cmp.clear_baseline(find_project_root(Path.cwd()))
     console.out.print("baseline cleared" if removed else "no baseline was set")

@@ -1,3 +1,4 @@
+# Over 600 lines: every terminal view in one place, so that only it and cli.py import rich.
 """Terminal views (rich). Presentation only: no decisions about runs live here."""
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from rich.table import Table
 from promptlab.termsafe import json_visible, visible
 
 if TYPE_CHECKING:
-    from promptlab.compare import Comparison
     from promptlab.core import ModelRow, RunResult
-    from promptlab.gates import Outcome
-    from promptlab.history import History, Rate, TemplateRow
+    from promptlab.engine.tune import TuneResult
     from promptlab.plan import Plan
-    from promptlab.report import ReportFiles
-    from promptlab.tune import TuneResult
+    from promptlab.reports.compare import Comparison
+    from promptlab.reports.gates import Outcome
+    from promptlab.reports.history import History, Rate, TemplateRow
+    from promptlab.reports.tables import ReportFiles
 
 
 class _Console(Console):
@@ -257,8 +258,8 @@ def skipped_summary(items: Any) -> str | None:
 
 
 def _print_skipped(folder: Path) -> None:
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
     from promptlab.errors import PromptlabError  # noqa: PLC0415
-    from promptlab.store import read_manifest  # noqa: PLC0415
 
     try:
         text = skipped_summary(read_manifest(folder).get("skipped"))

@@ -1,3 +1,4 @@
+# Over 600 lines: one short function per command (all that cli calls); the stages are packages.
 """What each command does, as plain functions. The CLI parses arguments, calls one of these once
 and prints the result; tests call them directly.
 
@@ -22,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__, consent
 from promptlab.backends import is_fake
-from promptlab.cache import Cache
-from promptlab.cache import default_path as default_cache_path
 from promptlab.consent import CodeMode
+from promptlab.engine.cache import Cache
+from promptlab.engine.cache import default_path as default_cache_path
+from promptlab.engine.runner import NoProgress, Progress, Stats, execute
+from promptlab.engine.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
 from promptlab.plan import Plan, Selection, build_plan, usable_cpus
-from promptlab.runner import NoProgress, Progress, Stats, execute
-from promptlab.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
-    from promptlab.distributed import Cluster
-    from promptlab.report import ReportFiles
+    from promptlab.engine.distributed import Cluster
+    from promptlab.reports.tables import ReportFiles
 
 
 def _now() -> str:
@@ -160,7 +161,7 @@ class CacheOptions:
 
 def failing_cells(folder: Path) -> frozenset[str]:
     """Cell ids that failed or errored in an earlier run (for --failing)."""
-    from promptlab.store import read_results  # noqa: PLC0415
+    from promptlab.engine.store import read_results  # noqa: PLC0415
 
     rows = read_results(folder)
     if not rows:
@@ -186,7 +187,7 @@ def run(
     ray: str | None = None,
     ray_actors: int | None = None,
 ) -> RunResult:
-    """`ray`: run the cells on a Ray cluster (auto, local or HOST:PORT; see distributed.py)."""
+    """`ray`: run the cells on a Ray cluster (auto, local or HOST:PORT; see engine/distributed)."""
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
     plan, granted = prepare_run(
         path,
@@ -285,7 +286,7 @@ def _connect_ray(address: str | None, actors: int | None, cache: Cache | None) -
     """The Ray cluster for --ray (None without it); on failure the cache is closed first."""
     if address is None:
         return None
-    from promptlab.distributed import connect  # noqa: PLC0415 - Ray only with --ray
+    from promptlab.engine.distributed import connect  # noqa: PLC0415 - Ray only with --ray
 
     try:
         return connect(address, actors)
@@ -309,7 +310,7 @@ def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
 
 
 def _cpu_snapshot() -> tuple[float, float, float] | None:
-    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
 
     return tuning._cpu_snapshot()
 
@@ -325,7 +326,7 @@ def measure_load(seconds: float = 0.1) -> float | None:
     """How many CPUs' worth of work other processes did over at least `seconds` (Linux:
     /proc/stat, since promptlab started where that is recent), else the 1-minute load average;
     None where neither is known."""
-    from promptlab import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - its /proc/stat sampler
 
     before = _STARTED
     if before is None or time.perf_counter() - before[2] > _WINDOW_MAX_S:
@@ -452,7 +453,7 @@ def _execute_locked(
     status, error = "complete", None
     try:
         if cluster is not None:
-            from promptlab.distributed import execute_ray  # noqa: PLC0415 - Ray only with --ray
+            from promptlab.engine.distributed import execute_ray  # noqa: PLC0415 - Ray only with --ray
 
             execute_ray(
                 plan, writer, progress or NoProgress(), on_model, cluster, result_cache, stats
@@ -488,7 +489,7 @@ def _execute_locked(
         if error is not None:
             manifest["error"] = error.one_line()
         writer.write_manifest(manifest)
-    from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
+    from promptlab.reports.tables import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     reports = build_reports(folder)
     if status == "complete":
@@ -533,7 +534,7 @@ def resume(
 
     Consent to run code is asked again (`allow_code`, the environment, a trusted project): a run
     folder is a file like any other, so its manifest cannot grant it."""
-    from promptlab.store import read_manifest  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest  # noqa: PLC0415
 
     read_manifest(folder)  # a folder that holds no run gets no lock file either
     try:
@@ -560,7 +561,7 @@ def _resume_locked(
     ray: str | None = None,
     ray_actors: int | None = None,
 ) -> RunResult:
-    from promptlab.store import read_manifest, read_results, repair_results  # noqa: PLC0415
+    from promptlab.engine.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
     manifest = read_manifest(folder)  # again: a writer that just let go may have changed it
     args = manifest.get("run_args")
@@ -634,7 +635,7 @@ def _resume_locked(
 def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder", hint="pass the output folder of a run")
-    from promptlab.report import build_reports  # noqa: PLC0415 - pandas only when reporting
+    from promptlab.reports.tables import build_reports  # noqa: PLC0415 - pandas only when reporting
 
     return build_reports(folder, spreadsheet=spreadsheet)
 
@@ -744,7 +745,7 @@ def suite_schema() -> dict[str, Any]:
 # --- tune ----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from promptlab.tune import ProgressFn, TuneResult
+    from promptlab.engine.tune import ProgressFn, TuneResult
 
 
 def tune(
@@ -760,7 +761,7 @@ def tune(
 
     threads: comma-separated thread counts ("1,2"); default 1..usable CPUs, at most 4 values.
     """
-    from promptlab import tune as tuning  # noqa: PLC0415 - loads a model; only for this command
+    from promptlab.engine import tune as tuning  # noqa: PLC0415 - loads a model; only for this command
 
     return tuning.tune(
         model,

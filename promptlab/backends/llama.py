@@ -1,13 +1,17 @@
-"""The llama.cpp backend (llama-cpp-python's ctypes bindings). With `llama_engine.py` and
-`llama_grammar.py`, the only modules that import `llama_cpp`.
+"""The llama.cpp backend (llama-cpp-python's ctypes bindings). The `backends/llama*.py` modules
+(and `native.py`, which readies the libraries) are the only ones that import `llama_cpp`:
 
-This module loads the model and answers for it: the load settings, all set explicitly (no
-library default left to chance), its own log callback (llama-cpp-python's `verbose=False`
-swallows real load errors), the facts the manifest records, grammar validation before use, and
-embeddings. Decoding (exact prefix reuse, many cells at once, choice scoring) lives in
-`llama_engine.py`, planned by `llama_decode.py`.
+- `llama.py` (this one) loads the model and answers for it: the load settings, all set
+  explicitly (no library default left to chance), the facts the manifest records, grammar
+  validation before use, and embeddings;
+- `llama_runtime.py`: the library's log, the build's facts, the AMX guard;
+- `llama_context.py`: one llama_context and its KV streams;
+- `llama_engine.py`: decoding (exact prefix reuse, many cells at once), planned by the pure
+  `llama_decode.py`; `llama_choice.py`: `choice` scoring on the engine;
+- `llama_selftest.py`: the load-time self-test and its cached verdicts;
+- `llama_grammar.py`: JSON schema to GBNF.
 
-At load, `llama_engine.self_test` measures on this very model, build and set of settings whether
+At load, `llama_selftest.self_test` measures on this very model, build and set of settings whether
 decoding is split-invariant and batch-invariant (about 100 tokens; the verdict is cached in
 ~/.cache/promptlab/exactness/), and the engine is configured from the answer, so a new model or
 build cannot silently break exactness: prompts reuse every shared token where it holds and only
@@ -23,13 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import json
 import os
 import re
-import sys
-import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,194 +52,35 @@ from promptlab.backends import (
     RuntimeInfo,
     Sampling,
 )
+from promptlab.backends.llama_context import DecodeError, tokenize
 from promptlab.backends.llama_decode import MIN_CHUNK, FillMode
-from promptlab.backends.llama_engine import (
-    PROBE_REVISION,
-    DecodeError,
-    Engine,
-    Verdict,
+from promptlab.backends.llama_engine import Engine
+from promptlab.backends.llama_runtime import (
+    build_has_amx,
+    grammar_problem,
+    stderr_to,
+    supports_gpu_offload,
+    system_info,
+    take_log,
+    without_extra_buffers,
+)
+from promptlab.backends.llama_selftest import (
+    MEASURE_TEXT,
+    OTHER_TEXT,
+    load_verdict,
+    save_verdict,
     self_test,
-    tokenize,
+    verdict_file,
 )
 from promptlab.errors import BackendError
 
-# --- logging ---------------------------------------------------------------------------------
-# ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont. llama-cpp-python's own mapping is off by
-# one, which is why real errors vanish with verbose=False; we keep every line ourselves.
-_LOG: list[tuple[int, str]] = []
-_LOG_LOCK = threading.Lock()
-_LOG_LIMIT = 4000
-
-
-@llama_lib.llama_log_callback  # type: ignore[untyped-decorator]
-def _on_log(level: int, text: bytes, _user: Any) -> None:
-    with _LOG_LOCK:
-        if len(_LOG) < _LOG_LIMIT:
-            _LOG.append((int(level), text.decode("utf-8", "replace")))
-
-
-def _install_log() -> None:
-    llama_lib.llama_log_set(_on_log, ctypes.c_void_p(0))
-
-
-_install_log()
-
-
-def _take_log() -> list[tuple[int, str]]:
-    with _LOG_LOCK:
-        out = list(_LOG)
-        _LOG.clear()
-    return out
-
-
-# --- build facts -----------------------------------------------------------------------------
-
-
-def system_info() -> str:
-    return str(llama_lib.llama_print_system_info().decode("utf-8", "replace")).strip()
-
-
-def build_has_amx(info: str | None = None) -> bool:
-    """True when ggml was compiled with AMX kernels (a GGML_NATIVE build on a Sapphire Rapids+ CPU)."""
-    info = system_info() if info is None else info
-    return re.search(r"\bAMX_INT8 = 1\b", info) is not None
-
-
-def supports_gpu_offload() -> bool:
-    return bool(llama_lib.llama_supports_gpu_offload())
-
-
-@contextlib.contextmanager
-def _without_extra_buffers(active: bool) -> Iterator[None]:
-    """Load with `use_extra_bufts=False` (no AMX, no repack buffers).
-
-    ggml's AMX matmul segfaults on the first decode on these Xeons (llama.cpp#20824). The Python
-    `Llama` constructor has no parameter for it, but builds its params from
-    `llama_cpp.llama_model_default_params()` at call time, so we wrap that function for the
-    duration of the load only.
-    """
-    if not active:
-        yield
-        return
-    original = llama_lib.llama_model_default_params
-
-    def patched() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    llama_lib.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        llama_lib.llama_model_default_params = original
-
-
-# --- grammar validation --------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _stderr_to(sink: list[str]) -> Iterator[None]:
-    """Redirect file descriptor 2 to a temporary file and append what was written to `sink`.
-
-    llama.cpp's grammar parser reports syntax errors with a bare `fprintf(stderr, …)` (not through
-    the log callback), and the library must print nothing. This is process-wide for the few
-    microseconds of a parse: another thread's stderr output in that window lands in `sink` too.
-    """
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 at all (a daemon): nothing can be printed anyway
-        yield
-        return
-    try:
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-            tmp.seek(0)
-            sink.append(tmp.read().decode("utf-8", "replace"))
-    finally:
-        os.close(saved)
-
-
-def _grammar_problem(stderr_text: str, log: list[tuple[int, str]]) -> str:
-    """The one-line reason llama.cpp gave for refusing a grammar."""
-    # e.g. "parse: error parsing grammar: expecting ')' at <rest of the grammar>"
-    m = re.search(r"error parsing grammar: ([^\n]*)", stderr_text)
-    errors = [t.strip() for lvl, t in log if lvl == 4 and t.strip()]
-    # "failed to parse grammar" only repeats the parser's message; the others (left recursion,
-    # missing root) are the real reason.
-    specific = [e for e in errors if e != "failed to parse grammar"]
-    detail = m.group(1).strip() if m else (specific[0] if specific else "")
-    detail = " ".join(detail.split()) or "parse error"
-    if len(detail) > 160:
-        detail = detail[:157] + "..."
-    return detail
-
-
 # --- the backend -----------------------------------------------------------------------------
-
-# The prompt `measure` (promptlab tune) repeats to length, and the self-test's probe text:
-# ordinary prose, so the tokens are typical of a real prompt.
-_MEASURE_TEXT = (
-    " The committee met on a grey Tuesday morning to review the quarterly figures. Sales in the"
-    " northern region had risen for the third time in a row, while the coastal stores reported"
-    " a small decline that the manager attributed to the unusually wet summer. After a short"
-    " discussion, the members agreed to postpone the new advertising campaign until spring,"
-    " to hire two additional staff for the warehouse, and to publish a summary of the meeting"
-    " on the company website before the end of the week."
-)
-_OTHER_TEXT = " Meanwhile, far to the south, a fishing boat came home late with an empty hold."
 # Streams run at once by default where batching is exact: the CPU gains little past 8 (measured
 # 1.4-1.7x aggregate generation at 8 on 2 vCPUs); a GPU keeps gaining to 16 and beyond.
 _AUTO_PARALLEL_CPU = 8
 _AUTO_PARALLEL_GPU = 16
 # KV memory the streams of one model may take together (they are allocated up front).
 _KV_BUDGET = 4 << 30
-
-
-def _verdict_file(path: Path, settings: LoadSettings, n_gpu_layers: int, widths: int) -> Path:
-    from promptlab.cache import engine_id  # noqa: PLC0415 - hashes the shared libraries once
-    from promptlab.models import cache_dir, file_identity  # noqa: PLC0415
-
-    key = json.dumps(
-        [
-            PROBE_REVISION,
-            file_identity(path),
-            engine_id(),
-            n_gpu_layers,
-            settings.flash_attn,
-            settings.n_threads,
-            settings.n_threads_batch,
-            settings.n_batch,
-            widths,
-        ]
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return cache_dir() / "exactness" / f"{digest}.json"
-
-
-def _load_verdict(file: Path) -> Verdict | None:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        return Verdict(
-            bool(data["split_invariant"]), int(data["batch_width"]), dict(data["checks"])
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _save_verdict(file: Path, verdict: Verdict) -> None:
-    with contextlib.suppress(OSError):
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".exact-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(verdict.as_dict(), f)
-        Path(tmp).replace(file)
 
 
 class LlamaBackend:
@@ -255,14 +95,14 @@ class LlamaBackend:
         self._grammars: dict[str, str | None] = {}
         self.llm: Any = None  # embedding mode only: llama-cpp-python's Llama
         self.engine: Engine | None = None
-        _take_log()
+        take_log()
         if embedding:
             llm = self._load_embedding()
             self.llm = llm
             self.model = llm.model
         else:
             self.model = self._load_model()
-        log = _take_log()
+        log = take_log()
         self.vocab = llama_lib.llama_model_get_vocab(self.model)
         self.n_layer = int(llama_lib.llama_model_n_layer(self.model))
         self.n_vocab = int(llama_lib.llama_vocab_n_tokens(self.vocab))
@@ -302,7 +142,7 @@ class LlamaBackend:
         params.use_extra_bufts = False
         model = llama_lib.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not model:
-            errors = [t.strip() for lvl, t in _take_log() if lvl in (3, 4) and t.strip()]
+            errors = [t.strip() for lvl, t in take_log() if lvl in (3, 4) and t.strip()]
             detail = errors[-1] if errors else "failed to load the model"
             raise BackendError(
                 f"{self.path}: llama.cpp could not load the model: {detail}",
@@ -318,7 +158,7 @@ class LlamaBackend:
         # last-token for chat models) would make `embed` model-dependent.
         s = self.settings
         try:
-            with _without_extra_buffers(True):
+            with without_extra_buffers(True):
                 return llama_cpp.Llama(
                     model_path=str(self.path),
                     n_gpu_layers=self.n_gpu_layers,
@@ -338,7 +178,7 @@ class LlamaBackend:
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
-            errors = [t.strip() for lvl, t in _take_log() if lvl in (3, 4) and t.strip()]
+            errors = [t.strip() for lvl, t in take_log() if lvl in (3, 4) and t.strip()]
             detail = errors[-1] if errors else str(exc)
             raise BackendError(
                 f"{self.path}: llama.cpp could not load the model: {detail}",
@@ -352,18 +192,18 @@ class LlamaBackend:
         # The widest step the engine may take: auto's cap, or what parallel: asks for.
         cap = _AUTO_PARALLEL_GPU if offloaded else _AUTO_PARALLEL_CPU
         widths = min(64, s.parallel) if s.parallel is not None else cap
-        file = _verdict_file(self.path, s, self.n_gpu_layers, widths)
-        verdict = _load_verdict(file)
+        file = verdict_file(self.path, s, self.n_gpu_layers, widths)
+        verdict = load_verdict(file)
         measured = verdict is None
         if verdict is None:
-            probe = self.tokenize(_MEASURE_TEXT * 4, False)
-            other = self.tokenize(_OTHER_TEXT, False)
+            probe = self.tokenize(MEASURE_TEXT * 4, False)
+            other = self.tokenize(OTHER_TEXT, False)
             try:
                 verdict = self_test(self.model, s, probe, other, widths)
             except DecodeError as exc:
                 self.close()
                 raise BackendError(f"{self.path}: llama.cpp could not decode: {exc}") from None
-            _save_verdict(file, verdict)
+            save_verdict(file, verdict)
         mode = (
             FillMode.SPLIT_INVARIANT
             if verdict.split_invariant
@@ -379,7 +219,7 @@ class LlamaBackend:
         # forces it (tests run it on the CPU backend).
         forced = os.environ.get("PROMPTLAB_DEVICE_SAMPLING")
         device_sampling = bool(offloaded) if forced is None else forced == "1"
-        _take_log()
+        take_log()
         try:
             self.engine = Engine(
                 self.model,
@@ -396,7 +236,7 @@ class LlamaBackend:
             ) from None
         if verdict.checks.get("batched continuations") and min(parallel, verdict.batch_width) > 1:
             self.engine.choice_rows = verdict.batch_width
-        kv = self._kv_bytes(_take_log())
+        kv = self._kv_bytes(take_log())
         if kv:
             self.engine.kv_budget_cells = max(1, _KV_BUDGET // max(1, kv // max(1, s.n_ctx)))
         return {
@@ -492,12 +332,12 @@ class LlamaBackend:
         if "\0" in gbnf:
             return "the grammar contains a NUL character"
         captured: list[str] = []
-        _take_log()
-        with _stderr_to(captured):
+        take_log()
+        with stderr_to(captured):
             smpl = llama_lib.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
-        log = _take_log()
+        log = take_log()
         if not smpl:  # a NULL pointer is falsy
-            return _grammar_problem("".join(captured), log)
+            return grammar_problem("".join(captured), log)
         try:
             cands = llama_internals.LlamaTokenDataArray(n_vocab=self.n_vocab)
             cands.copy_logits(np.zeros(self.n_vocab, dtype=np.single))
@@ -617,7 +457,7 @@ class LlamaBackend:
             )
         if not 1 <= n_batch <= self.settings.n_batch:
             raise CellError(f"n_batch must be 1..{self.settings.n_batch} here, got {n_batch}")
-        base = self.tokenize(_MEASURE_TEXT, False)
+        base = self.tokenize(MEASURE_TEXT, False)
         tokens = (base * (prompt_tokens // len(base) + 1))[:prompt_tokens]
         return engine.measure(tokens, gen_tokens, n_threads=n_threads, n_batch=n_batch)
 

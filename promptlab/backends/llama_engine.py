@@ -29,13 +29,26 @@ import ctypes
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+from promptlab.backends.native import make_libstdcxx_global
+
+# Before llama_cpp loads its libraries: see promptlab.backends.native.
+make_libstdcxx_global()
 
 import llama_cpp.llama_cpp as lib
 import numpy as np
 
-from promptlab.backends import CellError, ChoiceScore, Generation, GenRequest, TokenLogprob
+from promptlab.backends import (
+    CellError,
+    ChoiceScore,
+    Generation,
+    GenRequest,
+    TokenLogprob,
+    llama_choice,
+)
+from promptlab.backends.llama_context import Context, DecodeError, Stream, tokenize
 from promptlab.backends.llama_decode import (
     MIN_CHUNK,
     FillMode,
@@ -53,94 +66,6 @@ _ALL_LAYERS = 0x7FFFFFFF  # llama-cpp-python's value for n_gpu_layers=-1
 # one stream. Canonical fills keep whole chunks only, so smaller gains there change nothing.
 _COPY_GAIN = 2
 _COPY_GAIN_CANONICAL = 2 * MIN_CHUNK
-
-
-class DecodeError(RuntimeError):
-    """llama_decode failed (no KV slot, a backend error)."""
-
-
-def context_params(settings: Any, slots: int, slot_ctx: int, *, embeddings: bool = False) -> Any:
-    cp = lib.llama_context_default_params()
-    cp.n_ctx = slots * slot_ctx
-    cp.n_batch = settings.n_batch
-    cp.n_ubatch = settings.n_batch
-    cp.n_seq_max = slots
-    cp.n_threads = settings.n_threads
-    cp.n_threads_batch = settings.n_threads_batch
-    cp.flash_attn_type = (
-        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        if settings.flash_attn
-        else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    )
-    cp.kv_unified = False  # one stream per sequence: see the module docstring
-    cp.embeddings = embeddings
-    cp.offload_kqv = True
-    cp.no_perf = False  # `measure` (promptlab tune) reads llama.cpp's perf counters
-    return cp
-
-
-def tokenize(vocab: Any, text: str, add_bos: bool) -> list[int]:
-    """`text` as the model's tokens. parse_special: control tokens written in a template
-    (<|im_start|>) are real tokens, as in llama-cpp-python's own chat and completion paths."""
-    raw = text.encode("utf-8")
-    size = len(raw) + 16
-    while True:
-        buf = (lib.llama_token * size)()
-        n = lib.llama_tokenize(vocab, raw, len(raw), buf, size, add_bos, True)
-        if n >= 0:
-            return list(buf[:n])
-        size = -n
-
-
-class Context:
-    """A llama_context with `slots` streams of `slot_ctx` cells and one reusable batch."""
-
-    def __init__(self, model: Any, settings: Any, slots: int, slot_ctx: int) -> None:
-        self.slots = slots
-        self.slot_ctx = slot_ctx
-        self.n_batch = settings.n_batch
-        self.ptr = lib.llama_init_from_model(model, context_params(settings, slots, slot_ctx))
-        if not self.ptr:
-            raise DecodeError(
-                f"llama.cpp could not create a context of {slots} x {slot_ctx} tokens"
-            )
-        self.mem = lib.llama_get_memory(self.ptr)
-        self.batch = lib.llama_batch_init(max(self.n_batch, slots), 0, 1)
-
-    def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
-        """One llama_decode of (token, position, sequence, wants logits) items."""
-        b = self.batch
-        b.n_tokens = len(items)
-        for j, (token, pos, seq, logits) in enumerate(items):
-            b.token[j] = token
-            b.pos[j] = pos
-            b.n_seq_id[j] = 1
-            b.seq_id[j][0] = seq
-            b.logits[j] = logits
-        rc = lib.llama_decode(self.ptr, b)
-        if rc != 0:
-            raise DecodeError(f"llama_decode returned {rc}")
-
-    def rm(self, seq: int, start: int) -> bool:
-        return bool(lib.llama_memory_seq_rm(self.mem, seq, start, -1))
-
-    def copy(self, src: int, dst: int) -> None:
-        lib.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
-
-    def free(self) -> None:
-        if self.ptr:
-            lib.llama_batch_free(self.batch)
-            lib.llama_free(self.ptr)
-            self.ptr = None
-
-
-@dataclass
-class Stream:
-    seq: int
-    tokens: list[int] = field(default_factory=list)  # what its KV cells hold, positions 0..
-    reusable: int = 0  # leading positions a later fill may keep (llama_decode.plan_fill)
-    # The last position's logits while the stream holds exactly a scored context.
-    row: Any = None
 
 
 @dataclass
@@ -238,14 +163,14 @@ class Engine:
     def clear(self) -> None:
         """Empty every stream: the next prompt is decoded from scratch."""
         for stream in self.streams:
-            self._forget(stream)
+            self.forget(stream)
 
     def close(self) -> None:
         if self.ctx is not None:
             self.ctx.free()
             self.ctx = None
 
-    def _context(self) -> Context:
+    def context(self) -> Context:
         assert self.ctx is not None
         return self.ctx
 
@@ -267,8 +192,8 @@ class Engine:
             self._pieces[key] = cached
         return cached
 
-    def _row(self, index: int) -> Any:
-        ptr = lib.llama_get_logits_ith(self._context().ptr, index)
+    def row(self, index: int) -> Any:
+        ptr = lib.llama_get_logits_ith(self.context().ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     # --- filling a stream ---------------------------------------------------------------------
@@ -276,7 +201,7 @@ class Engine:
     def fill(self, stream: Stream, tokens: list[int]) -> int:
         """Make `stream` hold exactly `tokens` (non-empty), the last position's logits computed
         by the last decode; returns how many tokens were decoded."""
-        ctx = self._context()
+        ctx = self.context()
         stream.row = None
         plan = plan_fill(
             stream.tokens,
@@ -309,7 +234,7 @@ class Engine:
             start = end
         return plan.decoded
 
-    def _stream_for(self, tokens: list[int], free: Sequence[Stream]) -> tuple[Stream, int]:
+    def stream_for(self, tokens: list[int], free: Sequence[Stream]) -> tuple[Stream, int]:
         """The free stream to use for `tokens`, after copying a better one into it if that
         saves enough decoding; and the reusable prefix it then holds."""
 
@@ -326,7 +251,7 @@ class Engine:
         gain = usable(best)
         donor = max(self.streams, key=kept)
         if donor is not best and kept(donor) - kept(best) >= least:
-            ctx = self._context()
+            ctx = self.context()
             ctx.copy(donor.seq, best.seq)
             best.tokens = list(donor.tokens)
             best.reusable = donor.reusable
@@ -357,10 +282,10 @@ class Engine:
         index = 0
         try:
             while queue or jobs:
-                while queue and len(jobs) < self._context().slots:
+                while queue and len(jobs) < self.context().slots:
                     req, tokens, max_tokens = queue.popleft()
                     free = [s for s in self.streams if s.seq not in jobs]
-                    stream, _ = self._stream_for(tokens, free)
+                    stream, _ = self.stream_for(tokens, free)
                     try:
                         job = self._start(req, tokens, max_tokens, stream, index)
                     except CellError as exc:
@@ -380,7 +305,7 @@ class Engine:
                     jobs.clear()
                     for job in failed:
                         self._drop(job)
-                        self._forget(job.stream)
+                        self.forget(job.stream)
                         yield job.req, CellError(f"llama.cpp: {exc}")
                     continue
                 for seq in [s for s, j in jobs.items() if j.finish is not None]:
@@ -462,7 +387,7 @@ class Engine:
             job.evaluated = self.fill(stream, tokens)
         except DecodeError as exc:
             self._drop(job)
-            self._forget(stream)
+            self.forget(stream)
             raise CellError(f"llama.cpp: {exc}") from None
         job.prompt_ms = (time.perf_counter() - job.started) * 1000
         if max_tokens <= 0:
@@ -484,21 +409,21 @@ class Engine:
     def _attach_device_chain(self, job: _Job) -> None:
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        if lib.llama_set_sampler(self._context().ptr, job.stream.seq, chain):
+        if lib.llama_set_sampler(self.context().ptr, job.stream.seq, chain):
             job.device_chain = chain
         else:  # this backend cannot sample on the device: the host chain does it
-            lib.llama_set_sampler(self._context().ptr, job.stream.seq, None)
+            lib.llama_set_sampler(self.context().ptr, job.stream.seq, None)
             lib.llama_sampler_free(chain)
 
     def _sample(self, job: _Job, index: int) -> int:
         if job.device_chain is not None:
-            token = int(lib.llama_get_sampled_token_ith(self._context().ptr, index))
+            token = int(lib.llama_get_sampled_token_ith(self.context().ptr, index))
             if token >= 0:
                 return token
         if job.k_logprobs is not None:
-            row = self._row(index)
+            row = self.row(index)
             lse = log_sum_exp(row, self._scratch)
-            token = int(lib.llama_sampler_sample(job.chain, self._context().ptr, index))
+            token = int(lib.llama_sampler_sample(job.chain, self.context().ptr, index))
             top: list[tuple[int, float]] = []
             if job.k_logprobs > 0:
                 k = min(job.k_logprobs, self.n_vocab)
@@ -508,7 +433,7 @@ class Engine:
                 top = [(int(i), float(row[i]) - lse) for i in cand]
             job.steps.append((token, float(row[token]) - lse, top))
             return token
-        return int(lib.llama_sampler_sample(job.chain, self._context().ptr, index))
+        return int(lib.llama_sampler_sample(job.chain, self.context().ptr, index))
 
     def _accept(self, job: _Job, token: int) -> None:
         if lib.llama_vocab_is_eog(self.vocab, token):
@@ -524,7 +449,7 @@ class Engine:
 
     def _step(self, jobs: list[_Job]) -> None:
         """One decode: the pending token of every job; then sample each."""
-        ctx = self._context()
+        ctx = self.context()
         t0 = time.perf_counter()
         items = []
         for job in jobs:
@@ -541,9 +466,9 @@ class Engine:
         for job in jobs:
             job.eval_ms += share
 
-    def _forget(self, stream: Stream) -> None:
+    def forget(self, stream: Stream) -> None:
         """Empty a stream whose cells can no longer be trusted (a failed decode)."""
-        self._context().rm(stream.seq, 0)
+        self.context().rm(stream.seq, 0)
         stream.tokens, stream.reusable, stream.row = [], 0, None
 
     def _drop(self, job: _Job) -> None:
@@ -592,125 +517,13 @@ class Engine:
 
     # --- multiple choice ----------------------------------------------------------------------
 
+    # --- multiple choice (llama_choice.py) -----------------------------------------------------
+
     def score_choices(
         self, ctx_tokens: list[int], conts: list[list[int]], *, fresh: bool = False
     ) -> list[ChoiceScore]:
-        """Log-likelihood of each continuation after the context, sharing one context decode.
-
-        Each continuation's tokens but the last are decoded after the context with logits for
-        every position, and removed again, so the stream holds exactly the context afterwards
-        and its last row is kept for the next call on the same context. Where the self-test
-        found it exact, continuations of equal length are decoded together, one stream each
-        (`_together`); otherwise one after another."""
-        n = len(ctx_tokens)
-        longest = max((len(c) for c in conts), default=0)
-        self.ensure(self._choice_streams(conts), n + longest)
-        if fresh:
-            stream = self.streams[0]
-            self._forget(stream)
-        else:
-            stream, _ = self._stream_for(ctx_tokens, self.streams)
-        try:
-            if stream.row is None or stream.tokens != ctx_tokens:
-                self.fill(stream, ctx_tokens)
-                stream.row = self._row(-1).copy()
-            last = stream.row
-            done: dict[int, ChoiceScore] = {}
-            for group in self._choice_groups(conts):
-                done.update(self._together(stream, n, last, conts, group))
-            return [
-                done[i] if i in done else self._continuation(stream, n, last, cont)
-                for i, cont in enumerate(conts)
-            ]
-        except DecodeError as exc:
-            self._forget(stream)
-            raise CellError(f"llama.cpp: {exc}") from None
-
-    def _choice_streams(self, conts: list[list[int]]) -> int:
-        if not self.choice_rows:
-            return 1
-        return max(1, min(self.parallel, sum(1 for c in conts if len(c) >= 2)))
-
-    def _choice_groups(self, conts: list[list[int]]) -> list[list[int]]:
-        """Which continuations to decode together: equal lengths (llama.cpp splits a batch over
-        separate streams into steps of equal tokens per stream, so unequal ones would be
-        decoded in pieces), at most as many rows as the self-test proved exact, one stream
-        each. Depends only on the continuations and the engine's settings."""
-        ctx = self._context()
-        by_len: dict[int, list[int]] = {}
-        for i, cont in enumerate(conts):
-            if len(cont) >= 2:
-                by_len.setdefault(len(cont) - 1, []).append(i)
-        groups: list[list[int]] = []
-        for length, members in sorted(by_len.items()):
-            per = min(ctx.slots, self.choice_rows // length, ctx.n_batch // length)
-            if per < 2:
-                continue
-            groups.extend(
-                members[k : k + per] for k in range(0, len(members), per) if len(members[k:]) >= 2
-            )
-        return groups
-
-    def _together(
-        self, stream: Stream, n: int, last: Any, conts: list[list[int]], group: list[int]
-    ) -> dict[int, ChoiceScore]:
-        """Score the continuations in `group` (equal lengths) in one decode: the context stream
-        is copied into as many streams, each decodes its continuation, and every stream is cut
-        back to the context, so all of them hold it for later cells."""
-        ctx = self._context()
-        others = [s for s in self.streams if s is not stream][: len(group) - 1]
-        lanes = [stream, *others]
-        for lane in others:
-            ctx.copy(stream.seq, lane.seq)
-            lane.tokens, lane.reusable, lane.row = list(stream.tokens), stream.reusable, None
-        bodies = [conts[i][:-1] for i in group]
-        items = [
-            (t, n + j, lane.seq, True)
-            for lane, body in zip(lanes, bodies, strict=True)
-            for j, t in enumerate(body)
-        ]
-        try:
-            ctx.decode(items)
-            out: dict[int, ChoiceScore] = {}
-            k = 0
-            for i, body in zip(group, bodies, strict=True):
-                rows = [last[None, :]] + [
-                    self._row(k + j)[None, :].copy() for j in range(len(body))
-                ]
-                k += len(body)
-                out[i] = self._score(conts[i], rows)
-            return out
-        finally:
-            for lane in lanes:
-                if not ctx.rm(lane.seq, n):
-                    self._forget(lane)
-
-    def _continuation(self, stream: Stream, n: int, last: Any, cont: list[int]) -> ChoiceScore:
-        if not cont:
-            return ChoiceScore(0.0, 0, True)
-        ctx = self._context()
-        rows = [last[None, :]]
-        body = cont[:-1]  # row i predicts token i+1: the last token itself is never decoded
-        try:
-            for start in range(0, len(body), ctx.n_batch):
-                part = body[start : start + ctx.n_batch]
-                ctx.decode([(t, n + start + j, stream.seq, True) for j, t in enumerate(part)])
-                ptr = lib.llama_get_logits(ctx.ptr)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(len(part), self.n_vocab)).copy())
-        finally:
-            if body and not ctx.rm(stream.seq, n):
-                self._forget(stream)  # recurrent memory cannot drop the tail: start over
-        return self._score(cont, rows)
-
-    @staticmethod
-    def _score(cont: list[int], rows: list[Any]) -> ChoiceScore:
-        logits = np.vstack(rows).astype(np.float64)
-        m = logits.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-        target = np.asarray(cont, dtype=np.int64)
-        lp = logits[np.arange(len(cont)), target] - lse
-        greedy = bool((logits.argmax(axis=1) == target).all())
-        return ChoiceScore(float(lp.sum()), len(cont), greedy)
+        """Log-likelihood of each continuation after the context: `llama_choice.score_choices`."""
+        return llama_choice.score_choices(self, ctx_tokens, conts, fresh=fresh)
 
     # --- measuring (promptlab tune) -----------------------------------------------------------
 
@@ -721,7 +534,7 @@ class Engine:
         from an empty stream, then `gen_tokens` greedy one-token decodes (argmax outside the
         timed part). Leaves the stream empty and the load thread counts in place."""
         self.ensure(1, len(tokens) + gen_tokens)
-        ctx = self._context()
+        ctx = self.context()
         stream = self.streams[0]
         lib.llama_set_n_threads(ctx.ptr, n_threads, n_threads)
         try:
@@ -736,11 +549,11 @@ class Engine:
             pp_ms = float(perf.t_p_eval_ms) + float(perf.t_eval_ms)
             tg_ms = 0.0
             if gen_tokens:
-                token = int(self._row(-1).argmax())
+                token = int(self.row(-1).argmax())
                 lib.llama_perf_context_reset(ctx.ptr)
                 for pos in range(len(tokens), len(tokens) + gen_tokens):
                     ctx.decode([(token, pos, 0, True)])
-                    token = int(self._row(-1).argmax())  # synchronizes, as sampling would
+                    token = int(self.row(-1).argmax())  # synchronizes, as sampling would
                 tg_ms = float(lib.llama_perf_context(ctx.ptr).t_eval_ms)
         except DecodeError as exc:
             raise CellError(f"llama.cpp: {exc}") from None
@@ -756,116 +569,3 @@ class Engine:
             "tg_ms": tg_ms,
             "tg_tps": gen_tokens / tg_ms * 1000 if tg_ms > 0 else 0.0,
         }
-
-
-# --- the load-time self-test ------------------------------------------------------------------
-
-PROBE_REVISION = 3  # bump when the probe changes, so cached verdicts are measured again
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the self-test found for one model, build and set of load settings."""
-
-    split_invariant: bool  # chunks of >= MIN_CHUNK agree, reuse and stream copies included
-    # The widest generation step (sequences decoded together) at which every narrower one too
-    # gives each sequence the logits it gets alone; 1 when even two do not.
-    batch_width: int
-    checks: dict[str, bool]
-
-    @property
-    def batch_invariant(self) -> bool:
-        return self.batch_width > 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "split_invariant": self.split_invariant,
-            "batch_width": self.batch_width,
-            "checks": self.checks,
-            "probe_revision": PROBE_REVISION,
-        }
-
-
-def self_test(
-    model: Any, settings: Any, tokens: list[int], other: list[int], widths: int
-) -> Verdict:
-    """Measure, on this model and build, the facts the engine relies on (module docstrings),
-    with `tokens` (at least 40 + 8 * widths) and `other` (at least 12) as probe text, in a small
-    context of its own; bit-for-bit comparisons of logits.
-
-    Splits: one prompt decoded whole, in chunks of 8 and 16, after a prefix decoded next to other
-    tokens, and after a stream copy. Batching: `widths` streams, each holding its own 8-token
-    prompt; a generation step of each alone, then steps of 2, 3, ... `widths` of them together,
-    every row compared with the one alone. The kernels' row count is what matters: measured on
-    Gemma 3 (CPU), steps of up to 7 rows were exact and 4 rows of 8 were not, while SmolLM2 was
-    exact at 16. About 40 + 9 * widths decoded tokens and `widths` steps.
-    """
-    x, z = tokens[:40], other[:12]
-    widths = max(2, widths)
-    # The decodes below are at most 40 tokens; what llama.cpp computes depends on those, not on
-    # the batch capacity.
-    ctx = Context(model, replace(settings, n_batch=max(64, settings.n_batch)), max(3, widths), 256)
-    n_vocab = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)))
-
-    def row(i: int = -1) -> Any:
-        ptr = lib.llama_get_logits_ith(ctx.ptr, i)
-        return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).copy()
-
-    def run(seq: int, start: int, sizes: list[int], toks: list[int]) -> Any:
-        for size in sizes:
-            end = start + size
-            ctx.decode([(toks[p], p, seq, p == end - 1) for p in range(start, end)])
-            start = end
-        return row()
-
-    checks: dict[str, bool] = {}
-    width = 1
-    try:
-        ref = run(0, 0, [40], x)
-        checks["split 8+16+16"] = bool(np.array_equal(run(1, 0, [8, 16, 16], x), ref))
-        # Reuse a prefix decoded next to other tokens, in another stream.
-        run(2, 0, [32], x[:20] + z)
-        ctx.rm(2, 20)
-        checks["reuse after another prompt"] = bool(np.array_equal(run(2, 20, [20], x), ref))
-        ctx.rm(1, 0)
-        ctx.copy(0, 1)
-        ctx.rm(1, 24)
-        checks["copied stream"] = bool(np.array_equal(run(1, 24, [16], x), ref))
-        # Generation steps: each stream alone, then 2..widths streams together.
-        prompts = [tokens[8 * s : 8 * s + 8] for s in range(widths)]
-        nexts = [int(t) for t in tokens[8 * widths : 9 * widths]]
-        alone = []
-        for s, prompt in enumerate(prompts):
-            ctx.rm(s, 0)
-            run(s, 0, [8], prompt)
-            ctx.decode([(nexts[s], 8, s, True)])
-            alone.append(row())
-            ctx.rm(s, 8)
-        for w in range(2, widths + 1):
-            ctx.decode([(nexts[s], 8, s, True) for s in range(w)])
-            same = all(np.array_equal(row(s), alone[s]) for s in range(w))
-            for s in range(w):
-                ctx.rm(s, 8)
-            if not same:
-                break
-            width = w
-        checks[f"batched steps up to {widths}"] = width == widths
-        # Choice continuations: equal-length tails of two streams (each still holding its
-        # 8-token prompt) decoded together, every row compared with the tail decoded alone.
-        tails = [nexts[:1] + tokens[40:42], nexts[1:2] + tokens[42:44]]
-        apart: list[Any] = []
-        for s, tail in enumerate(tails):
-            ctx.decode([(t, 8 + j, s, True) for j, t in enumerate(tail)])
-            apart.extend(row(j) for j in range(len(tail)))
-            ctx.rm(s, 8)
-        ctx.decode(
-            [(t, 8 + j, s, True) for s, tail in enumerate(tails) for j, t in enumerate(tail)]
-        )
-        together = [row(j) for j in range(len(apart))]
-        checks["batched continuations"] = all(
-            np.array_equal(a, b) for a, b in zip(apart, together, strict=True)
-        )
-    finally:
-        ctx.free()
-    split = all(v for k, v in checks.items() if not k.startswith("batched"))
-    return Verdict(split, width, checks)

@@ -1,0 +1,23 @@
+"""The suite stage: a suite file read, checked and loaded, before any model loads.
+
+schema.py is promptlab's own strict format (pydantic); loader.py reads a file into it and into
+the loaded form (loaded.py), with sources.py for prompt and test files, entries.py for each
+test's vars and checks, problems.py for the errors, and promptfoo.py for the promptfoo dialect.
+"""
+
+from promptlab.suite.loaded import CheckDef, LoadedSuite, ModelDef, PromptDef, TestDef
+from promptlab.suite.loader import load_suite
+from promptlab.suite.schema import Constraint, ModelSpec, Params, Suite
+
+__all__ = [
+    "CheckDef",
+    "Constraint",
+    "LoadedSuite",
+    "ModelDef",
+    "ModelSpec",
+    "Params",
+    "PromptDef",
+    "Suite",
+    "TestDef",
+    "load_suite",
+]
