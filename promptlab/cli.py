@@ -33,7 +33,11 @@ _argv: list[str] = []  # the command line as given to main(), recorded in the ru
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. evals/example.yaml")]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model label from the suite, bundled alias or .gguf path"),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model label from the suite, bundled alias, .gguf path, ollama:NAME or hf://…",
+    ),
 ]
 FilterOpt = Annotated[
     str | None, typer.Option("--filter", help="Regex on prompt label, test description and vars")
@@ -568,12 +572,18 @@ def trust(
 
 
 @app.command()
-def models() -> int:
-    """List bundled models and the GGUF files promptlab can see."""
+def models(
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="text, or json: one object per model on stdout"),
+    ] = OutputFormat.text,
+) -> int:
+    """List every model in sight: bundled, Ollama, the hub cache, LM Studio, GGUF files."""
     from promptlab import console, core
     from promptlab.files import find_project_root
 
-    console.print_models(core.list_models(find_project_root(Path.cwd())))
+    rows = core.list_models(find_project_root(Path.cwd()))
+    console.print_models(rows, as_json=output_format is OutputFormat.json)
     return 0
 
 

@@ -23,8 +23,9 @@ from rich.table import Table
 from promptlab.termsafe import json_visible, visible
 
 if TYPE_CHECKING:
-    from promptlab.core import ModelRow, RunResult
+    from promptlab.core import RunResult
     from promptlab.engine.tune import TuneResult
+    from promptlab.models.catalog import ModelRow
     from promptlab.plan import Plan
     from promptlab.reports.compare import Comparison
     from promptlab.reports.gates import Outcome
@@ -341,24 +342,36 @@ def print_render(plan: Plan, as_json: bool) -> None:
     out.print(f"{len(plan.cells)} of {plan.total_cells} cells rendered")
 
 
-def print_models(rows: list[ModelRow]) -> None:
-    table = Table(header_style="bold")
-    for name in ("name", "size", "quant", "arch", "layers", "chat", "path / note"):
-        table.add_column(name, justify="right" if name in ("size", "layers") else "left")
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def print_models(rows: list[ModelRow], as_json: bool = False) -> None:
+    if as_json:
+        data = [r.as_dict() for r in rows]
+        print(json_visible(json.dumps(data, ensure_ascii=False, indent=2, default=str)))
+        return
+    # One block per model rather than a table: the name is what a suite's `path:` takes and the
+    # path is long, so neither may be cut or folded mid-word at 80 columns.
     for r in rows:
-        size = f"{r.size_bytes / 1e6:.0f} MB" if r.size_bytes else ""
-        chat = "" if r.chat_template is None else ("yes" if r.chat_template else "no")
-        detail = " · ".join(x for x in (r.path or "", r.note) if x)
-        table.add_row(
-            escape(r.name),
-            size,
-            escape(r.quantization or ""),
-            escape(r.architecture or ""),
-            str(r.n_layer or ""),
-            chat,
-            escape(detail),
-        )
-    out.print(table)
+        facts = [r.source]
+        if r.size_bytes:
+            facts.append(_size(r.size_bytes))
+        facts += [x for x in (r.quantization, r.architecture) if x]
+        if r.n_layer:
+            facts.append(f"{r.n_layer} layers")
+        if r.chat_template is not None:
+            facts.append(f"chat {r.template_name or 'yes'}" if r.chat_template else "chat no")
+        facts.append("in-process yes" if r.runnable else "in-process no")
+        out.print(f"[bold]{escape(r.name)}[/]  " + escape(" · ".join(facts)), soft_wrap=True)
+        for line in (r.path, r.note, f"cannot run in-process: {r.why_not}" if r.why_not else None):
+            if line:
+                out.print(f"  [dim]{escape(line)}[/]", soft_wrap=True)
+    if not rows:
+        out.print("no models found")
 
 
 class TuneProgress:

@@ -29,7 +29,8 @@ from promptlab.engine.cache import default_path as default_cache_path
 from promptlab.engine.runner import NoProgress, Progress, Stats, execute
 from promptlab.engine.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
 from promptlab.errors import InputError, PromptlabError
-from promptlab.models import BUNDLED, find_gguf_files, gguf_info, search_dirs
+from promptlab.models import catalog as model_catalog
+from promptlab.models.catalog import ModelRow
 from promptlab.plan import Plan, Selection, build_plan, usable_cpus
 from promptlab.suite import Suite, load_suite
 
@@ -650,57 +651,9 @@ def _rel(path: Path, root: Path) -> str:
 # --- models --------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelRow:
-    name: str
-    path: str | None
-    size_bytes: int | None
-    quantization: str | None
-    architecture: str | None
-    n_layer: int | None
-    chat_template: bool | None
-    note: str = ""
-
-
 def list_models(project: Path) -> list[ModelRow]:
-    rows: list[ModelRow] = []
-    seen: set[Path] = set()
-    for alias, bundled in BUNDLED.items():
-        path = bundled.locate()
-        if path is None:
-            rows.append(
-                ModelRow(
-                    alias, None, None, None, None, None, None, f"not installed: {bundled.install}"
-                )
-            )
-            continue
-        seen.add(path.resolve())
-        rows.append(_row(alias, path, gguf_info, bundled.description))
-    for path in find_gguf_files(search_dirs(project)):
-        if path.resolve() in seen:
-            continue
-        seen.add(path.resolve())
-        rows.append(_row(path.stem, path, gguf_info, ""))
-    return rows
-
-
-def _row(name: str, path: Path, reader: Any, note: str) -> ModelRow:
-    try:
-        info = reader(path)
-    except PromptlabError as exc:
-        return ModelRow(
-            name, str(path), path.stat().st_size, None, None, None, None, exc.one_line()
-        )
-    return ModelRow(
-        name,
-        str(path),
-        path.stat().st_size,
-        info.quantization,
-        info.architecture,
-        info.n_layer,
-        info.chat_template is not None,
-        note,
-    )
+    """Every model in sight: bundled, Ollama, the hub cache, LM Studio, GGUF files around."""
+    return model_catalog.list_models(project)
 
 
 # --- init ----------------------------------------------------------------------------------

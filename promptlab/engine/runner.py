@@ -29,6 +29,7 @@ from promptlab.engine.cache import Cache, make_key
 from promptlab.engine.store import RunWriter
 from promptlab.errors import InputError
 from promptlab.models import describe, engine_id
+from promptlab.models.sources import source_record
 from promptlab.plan import Cell, Plan, PlannedModel, schedule
 from promptlab.templates import Message
 
@@ -102,6 +103,7 @@ def model_record(model: PlannedModel) -> dict[str, Any]:
     record: dict[str, Any] = {"label": model.label, "spec": model.spec_path}
     if model.gguf is not None and not isinstance(model.path, str):
         record.update(describe(model.path, model.gguf))
+        record.update(source_record(model.spec_path, model.path))
     else:
         record["path"] = str(model.path)
     record["chat_template_source"] = model.chat_source

@@ -22,6 +22,7 @@ from typing import Any
 
 from promptlab import files
 from promptlab.errors import InputError
+from promptlab.models import sources as model_sources
 from promptlab.models.gguf import GGUFInfo, read_gguf
 
 # Bump when GGUFInfo's cached form changes.
@@ -132,6 +133,8 @@ BUNDLED: dict[str, Bundled] = {
 
 def resolve(spec: str, base: Path, where: str) -> Path:
     """Turn a model alias or path (relative to the suite's folder) into a GGUF path."""
+    if model_sources.is_source(spec):  # ollama:NAME, hf://OWNER/REPO/...
+        return model_sources.resolve(spec, where)
     if spec in BUNDLED:
         bundled = BUNDLED[spec]
         path = bundled.locate()

@@ -18,6 +18,7 @@ import jinja2.meta
 
 from promptlab.errors import InputError, Unsupported
 from promptlab.models import BUNDLED
+from promptlab.models import sources as model_sources
 from promptlab.suite.loaded import CheckDef, TestDef
 from promptlab.suite.problems import LoaderBase, _rel
 from promptlab.suite.promptfoo import (
@@ -65,6 +66,7 @@ class TestEntries(LoaderBase):
             return None
         if not (
             ident in BUNDLED
+            or model_sources.is_source(ident)
             or ident.endswith(".gguf")
             or ident.startswith("fake://")
             or (self.base / ident).is_file()

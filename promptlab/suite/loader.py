@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, location
 from promptlab.files import read_text
 from promptlab.models import DEFAULT_MODEL
+from promptlab.models import sources as model_sources
 from promptlab.suite.loaded import CheckDef, LoadedSuite, ModelDef, PromptDef, TestDef
 from promptlab.suite.problems import validation_error
 from promptlab.suite.promptfoo import (
@@ -138,11 +139,7 @@ class _Loader(Sources):
                 )
             else:
                 where = self.where(None, "models (default)")
-            label = spec.label or (
-                spec.path
-                if "/" not in spec.path and not spec.path.endswith(".gguf")
-                else Path(spec.path).stem
-            )
+            label = spec.label or _override_label(spec.path)
             out.append(ModelDef(label, spec, where))
         labels = [m.label for m in out]
         for lab in labels:
@@ -392,4 +389,7 @@ def _default_test_file(data: dict[str, Any], doc: YamlDoc, loader: _Loader) -> d
 
 
 def _override_label(spec: str) -> str:
+    named = model_sources.default_label(spec)  # ollama:NAME, hf://OWNER/REPO/...
+    if named is not None:
+        return named
     return spec if "/" not in spec and not spec.endswith(".gguf") else Path(spec).stem

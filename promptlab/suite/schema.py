@@ -317,7 +317,9 @@ class ModelSpec(Strict):
 
     path: str = Field(
         description="A .gguf file (relative to the suite; model files may live outside the "
-        "project) or a bundled alias: smollm2, gemma3. fake://rules?file=x.json reads a rules file",
+        "project), a bundled alias (smollm2, gemma3), an Ollama model (ollama:NAME[:TAG]) or a "
+        "hub file (hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO:Q4_K_M, optionally @REVISION). "
+        "fake://rules?file=x.json reads a rules file",
         json_schema_extra=_files("fake-backend rules file"),
     )
     label: str | None = Field(

@@ -303,7 +303,7 @@ def test_models_lists_bundled_and_project_files(
     smol = next(line for line in lines if "smollm2" in line)
     assert "Q4_1" in smol
     assert "llama" in smol
-    assert "yes" in smol  # has a chat template
+    assert "chat chatml" in smol  # its chat template, by family
     tiny = next(line for line in lines if "tinyqwen" in line)
     assert "Q4_K_M" in tiny
     assert "qwen2" in tiny

@@ -561,8 +561,11 @@ RAW_READS_ALLOWED = {
     "core.py": "promptlab's packaged scaffold",
     "reports/html.py": "promptlab's packaged report assets",
     "scoring/graded.py": "promptlab's packaged judge prompt",
-    "backends/llama.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
+    "backends/llama_selftest.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
     "reports/tables.py": "the statistics memo in ~/.cache/promptlab",
+    "models/ollama.py": "Ollama's manifests and small layer blobs (its store lives outside the project)",
+    "models/hub.py": "the hub cache's refs, in huggingface_hub's own layout",
+    "backends/fake.py": "crash_after's empty marker, created beside the confined rules file",
 }
 _RAW_READ = re.compile(
     r"(?<!files)\.read_text\(|\.read_bytes\(|(?<![\w.])open\(|\.open\(|fdopen\(|spec_from_file_location"

@@ -19,6 +19,7 @@ import pytest
 from conftest import CliResult, Project
 
 from promptlab import core
+from promptlab.backends import LoadSettings, open_backend
 from promptlab.engine.distributed import check_address, shard
 from promptlab.errors import InputError
 from promptlab.models import BUNDLED
@@ -167,6 +168,41 @@ def test_ray_address_checked_and_missing_ray_named(
     assert not (project.root / "results").exists()
 
 
+CRASHER = """
+import sys
+from promptlab.backends import LoadSettings, Sampling, open_backend
+settings = LoadSettings(None, 64, 64, 1, 1, False, 0)
+backend = open_backend(sys.argv[1], settings)
+for word in ("hello", "world"):
+    print(backend.generate(word, False, Sampling(0.0, 0.95, 40, 0.05, 4, (), 0, 1.0)).text)
+"""
+
+
+def test_the_fake_crash_marks_beside_its_rules_and_only_once(tmp_path: Path) -> None:
+    """crash_after (test_a_dead_actor_... relies on it): the first process dies at the call,
+    the marker beside the rules file lets a second go on, and other modes refuse it."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    spec = f"fake://rules?file={rules}&crash_after=1"
+
+    def attempt() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", CRASHER, spec], capture_output=True, text=True, timeout=60
+        )
+
+    first = attempt()
+    assert first.returncode == 3, first.stderr
+    assert first.stdout.splitlines() == ["hello there"]  # died on its 2nd call
+    assert (tmp_path / "rules.json.crashed").is_file()
+    second = attempt()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["hello there", "the world"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rules.json", "rules.json.crashed"]
+    settings = LoadSettings(None, 64, 64, 1, 1, False, 0)
+    with pytest.raises(InputError, match="crash_after needs rules mode"):
+        open_backend("fake://echo?crash_after=1", settings)
+
+
 def test_help_does_not_import_ray() -> None:
     code = (
         "import sys\nfrom promptlab.cli import main\n"
@@ -278,13 +314,11 @@ def test_interrupted_ray_run_resumes_to_the_local_rows(project: Project, ray_clu
 
 
 @pytest.mark.timeout(300)
-def test_a_dead_actor_is_replaced_and_its_cells_retried(
-    project: Project, ray_cluster: str, tmp_path: Path
-) -> None:
-    flag = tmp_path / "crashed"
+def test_a_dead_actor_is_replaced_and_its_cells_retried(project: Project, ray_cluster: str) -> None:
+    flag = project.root / "rules.json.crashed"  # the fake backend's marker, beside its rules
     reference = project.write("ref.yaml", suite_text(rules_model(project)))
     # The first actor to reach its 3rd cell exits (os._exit), mid-chunk, with work queued.
-    crashing = rules_model(project, sleep_ms="20", crash_after="2", crash_flag=str(flag))
+    crashing = rules_model(project, sleep_ms="20", crash_after="2")
     suite = project.write("suite.yaml", suite_text(crashing))
     no_cache = core.CacheOptions(use=False)
     local = core.run(reference, out=project.root / "local", cache=no_cache)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ INSTALL_HINT = "install it with: pip install 'promptlab[ray]'"
 def import_ray() -> Any:
     """The ray module, or InputError (exit 2) saying how to install it."""
     try:
-        return importlib.import_module("ray")
+        import ray  # noqa: PLC0415 - Ray only with --ray: local runs and --help never load it
     except ImportError:
         raise InputError("--ray needs Ray, which is not installed", hint=INSTALL_HINT) from None
+    return ray
 
 
 def check_address(address: str) -> str:
