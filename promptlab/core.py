@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,23 +21,28 @@ from typing import TYPE_CHECKING, Any
 from promptlab import __version__, consent
 from promptlab.backends import is_fake
 from promptlab.consent import CodeMode
-from promptlab.engine.cache import Cache
-from promptlab.engine.cache import default_path as default_cache_path
+from promptlab.engine.cache import Cache, open_cache
+from promptlab.engine.cache import CacheOptions as CacheOptions  # run's argument: core.CacheOptions
 from promptlab.engine.runner import NoProgress, Progress, Stats, execute
-from promptlab.engine.store import RunLock, RunWriter, check_run_dir, default_run_dir, run_name
+from promptlab.engine.store import (
+    RunLock,
+    RunWriter,
+    check_run_dir,
+    default_run_dir,
+    git_state,
+    run_name,
+    timestamp,
+)
 from promptlab.errors import InputError, PromptlabError
 from promptlab.models import catalog as model_catalog
 from promptlab.models.catalog import ModelRow
 from promptlab.plan import Plan, Selection, build_plan, usable_cpus
+from promptlab.plan.prepare import prepare_run
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
     from promptlab.engine.distributed import Cluster
     from promptlab.reports.tables import ReportFiles
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def prepare(
@@ -70,46 +72,6 @@ def prepare(
             why = f"`promptlab run` will refuse it until you consent: {consent.HOW}"
         suite.notes.append(f"{plan.code[0]}{more} names Python code; {why}")
     return plan
-
-
-def prepare_run(
-    path: Path,
-    *,
-    model: str | None = None,
-    allow_code: bool = False,
-    selection: Selection | None = None,
-    skip_unsupported: bool = False,
-) -> tuple[Plan, consent.Consent]:
-    """Load, check and render a suite for `run`: user code is imported only with consent."""
-    suite = load_suite(path, model_override=model, skip_unsupported=skip_unsupported)
-    granted = consent.for_run(allow_code, suite.root)
-    mode = CodeMode.RUN if granted.granted else CodeMode.REFUSE
-    try:
-        return build_plan(suite, code=mode, selection=selection), granted
-    except consent.ConsentError as exc:
-        if not suite.claims_code:
-            raise
-        raise consent.ConsentError(
-            exc.message, hint=f"{exc.hint}; the suite's own allow_code: does not count"
-        ) from None
-
-
-def git_state(root: Path) -> dict[str, Any] | None:
-    if shutil.which("git") is None or not (root / ".git").exists():
-        return None
-
-    def git(*args: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    return {
-        "commit": commit or None,
-        "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 # Shows the suite's notes before the first cell runs (the CLI prints them to stderr).
@@ -151,13 +113,6 @@ def find_suite(folder: Path) -> Path:
         f"no suite file given, and evals/ holds {len(found)} suites ({shown})",
         hint=f"name one: promptlab run {found[0].as_posix()}",
     )
-
-
-@dataclass(frozen=True)
-class CacheOptions:
-    use: bool = True  # --no-cache turns it off: neither read nor written
-    refresh: bool = False  # --refresh: run everything again and overwrite the cached results
-    path: Path | None = None  # --cache-db; default <project>/.promptlab/cache.sqlite
 
 
 def failing_cells(folder: Path) -> frozenset[str]:
@@ -207,7 +162,7 @@ def run(
     folder = out if out is not None else default_run_dir(suite.root, suite.path, name)
     check_run_dir(folder)
     cache_opts = cache or CacheOptions()
-    result_cache = _open_cache(cache_opts, suite.root)
+    result_cache = open_cache(cache_opts, suite.root)
     cluster = _connect_ray(ray, ray_actors, result_cache)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
     lock: RunLock | None = None
@@ -230,7 +185,7 @@ def run(
     manifest: dict[str, Any] = {
         "promptlab_version": __version__,
         "status": "running",
-        "started_at": _now(),
+        "started_at": timestamp(),
         "finished_at": None,
         "command": argv if argv is not None else sys.argv,
         "suite": {
@@ -302,12 +257,6 @@ def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
     if not plan.code:
         return None
     return {"consent": granted.source, "used_at": plan.code}
-
-
-def _open_cache(opts: CacheOptions, root: Path) -> Cache | None:
-    if not opts.use:
-        return None
-    return Cache(opts.path or default_cache_path(root), read=not opts.refresh, write=True)
 
 
 def _cpu_snapshot() -> tuple[float, float, float] | None:
@@ -477,7 +426,7 @@ def _execute_locked(
         # "complete" only once the reports exist: a run killed while they are written says
         # "reporting", which --resume finishes (no cells left, the reports rebuilt).
         manifest["status"] = "reporting" if status == "complete" else status
-        manifest["finished_at"] = _now()
+        manifest["finished_at"] = timestamp()
         # A resumed run adds this session's counts to the earlier sessions'.
         manifest["prefix_reuse"] = _merge_counts(manifest.get("prefix_reuse"), stats.prefix_reuse())
         if result_cache is not None:
@@ -606,7 +555,7 @@ def _resume_locked(
         refresh=bool(cache_args.get("refresh", False)),
         path=Path(cache_args["path"]) if cache_args.get("path") else None,
     )
-    result_cache = _open_cache(cache_opts, plan.suite.root)
+    result_cache = open_cache(cache_opts, plan.suite.root)
     cluster = _connect_ray(ray, ray_actors, result_cache)
     try:
         writer = RunWriter(folder)
@@ -621,7 +570,7 @@ def _resume_locked(
         ) from None
     manifest.setdefault("resumed", []).append(
         {
-            "at": _now(),
+            "at": timestamp(),
             "cells_done": len(done),
             "cells_left": len(plan.cells),
             "dropped_partial_line": dropped,

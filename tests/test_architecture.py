@@ -97,6 +97,8 @@ def test_a_forbidden_import_is_forbidden_to_every_other_module(ident: str) -> No
         ("reports/compare.py", "from rich.console import Console", "rich"),
         ("engine/runner.py", "from huggingface_hub import HfApi", "huggingface_hub"),
         ("engine/runner.py", "from promptlab import cli", "pipeline"),
+        ("optimize/run.py", "from promptlab import core", "pipeline"),
+        ("optimize/report.py", "from rich.console import Console", "rich"),
         ("scoring/text.py", "from promptlab.suite import load_suite", "pipeline"),
         ("engine/runner.py", "from promptlab.backends import llama", "protocol"),
         ("engine/runner.py", "import ray", "ray"),

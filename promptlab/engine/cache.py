@@ -24,6 +24,7 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,17 @@ class Cache:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    use: bool = True  # --no-cache turns it off: neither read nor written
+    refresh: bool = False  # --refresh: run everything again and overwrite the cached results
+    path: Path | None = None  # --cache-db; default <project>/.promptlab/cache.sqlite
+
+
+def open_cache(opts: CacheOptions, root: Path) -> Cache | None:
+    """The cache a run (or an optimization) uses under these options; None with --no-cache."""
+    if not opts.use:
+        return None
+    return Cache(opts.path or default_path(root), read=not opts.refresh, write=True)

@@ -10,9 +10,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 import unicodedata
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +310,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{file}: manifest must be a JSON object")
     return data
+
+
+def timestamp() -> str:
+    """Now in local time with its UTC offset, to the second (a manifest's started_at and the like)."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def git_state(root: Path) -> dict[str, Any] | None:
+    """The project's commit, branch and dirtiness for a manifest; None outside a git checkout."""
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {
+        "commit": commit or None,
+        "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }

@@ -9,8 +9,10 @@ from typing import Any, Literal
 import jinja2
 import jinja2.meta
 
+from promptlab.suite.optimize_schema import OptimizeSpec
 from promptlab.suite.schema import Constraint, ModelSpec, Params
 from promptlab.templates import TemplateEnv
+from promptlab.yamlio import YamlDoc
 
 
 @dataclass
@@ -63,6 +65,16 @@ class ModelDef:
 
 
 @dataclass
+class LoadedOptimize:
+    """The optimize: section with the files it names read (and confined) at load time."""
+
+    spec: OptimizeSpec
+    doc: YamlDoc  # the suite's YAML, for file:line in messages about the section
+    pool: list[TestDef] | None = None  # tests of a demos.pool file
+    meta_prompt: jinja2.Template | None = None
+
+
+@dataclass
 class LoadedSuite:
     path: Path
     root: Path
@@ -81,3 +93,4 @@ class LoadedSuite:
     repeat: int = 1
     # --skip-unsupported: each check, test, prompt or key left out, as {what, where, why}.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    optimize: LoadedOptimize | None = None  # the optimize: section (promptlab optimize)

@@ -13,11 +13,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from promptlab import files
 from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, location
 from promptlab.files import read_text
 from promptlab.models import DEFAULT_MODEL
 from promptlab.models import sources as model_sources
-from promptlab.suite.loaded import CheckDef, LoadedSuite, ModelDef, PromptDef, TestDef
+from promptlab.suite.loaded import (
+    CheckDef,
+    LoadedOptimize,
+    LoadedSuite,
+    ModelDef,
+    PromptDef,
+    TestDef,
+)
+from promptlab.suite.optimize_schema import OptimizeSpec
 from promptlab.suite.problems import validation_error
 from promptlab.suite.promptfoo import (
     _checked_transform,
@@ -126,6 +135,33 @@ class _Loader(Sources):
             t.index = i
         return out
 
+    def optimize(self, spec: OptimizeSpec, doc: YamlDoc) -> LoadedOptimize:
+        """Read the files the optimize: section names, through the same confinement."""
+        loaded = LoadedOptimize(spec, doc)
+        if spec.demos is not None and spec.demos.pool.startswith("file://"):
+            where = self.where(doc.line_of(("optimize", "demos", "pool")), "optimize.demos.pool")
+            loaded.pool = []
+            for path in self.file_ref(spec.demos.pool, where, "demo pool file"):
+                loaded.pool += self.tests_file(path)
+        meta = spec.instructions.meta_prompt if spec.instructions is not None else None
+        if meta is not None:
+            loc = ("optimize", "instructions", "meta_prompt")
+            where = self.where(doc.line_of(loc), dotted(loc))
+            if meta.startswith("file://"):
+                (path,) = files.resolve_ref(
+                    meta,
+                    base=self.base,
+                    root=self.root,
+                    what="meta prompt",
+                    where=where,
+                    globs=False,
+                )
+                self.record(path, read_text(path, "meta prompt"))
+                loaded.meta_prompt = self.env.load_file(path, where)
+            else:
+                loaded.meta_prompt = self.env.from_string(meta, where)
+        return loaded
+
     def models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:
         echo, _ = _echo_models(suite) if not suite.models else ([], [])
         specs = suite.models or echo or [ModelSpec(path=DEFAULT_MODEL)]
@@ -226,6 +262,15 @@ def load_suite(
         loader.attempt("models", loader.where(None, "models"), partial(loader.models, suite, doc))
         or []
     )
+    optimize = (
+        loader.attempt(
+            "optimize",
+            loader.where(doc.line_of(("optimize",)), "optimize"),
+            partial(loader.optimize, suite.optimize, doc),
+        )
+        if suite.optimize is not None
+        else None
+    )
     if model_override:
         chosen = [m for m in models if m.label == model_override]
         models = chosen or [
@@ -275,6 +320,7 @@ def load_suite(
         files=loader.files,
         claims_code=suite.allow_code is not None,
         skipped=loader.skipped,
+        optimize=optimize,
     )
 
 

@@ -87,6 +87,14 @@ SITE_CASES: dict[str, list[str]] = {
         'prompts: [{messages: [{role: user, content: "file://{D}secret.txt"}]}]\n' + HEAD
     ],
     "Suite.tests": ['prompts: ["{{ x }}"]\n' + HEAD + 'tests: "file://{D}secret.csv"\n'],
+    "DemoSpace.pool": [
+        'prompts: ["{{ x }}"]\n' + HEAD + 'optimize: {demos: {pool: "file://{D}secret.csv"}}\n'
+    ],
+    "InstructionSpace.meta_prompt": [
+        'prompts: ["{{ x }}"]\n'
+        + HEAD
+        + 'optimize: {instructions: {var: x, meta_prompt: "file://{D}secret.txt"}}\n'
+    ],
     "Suite.vars": ['prompts: ["{{ x }}"]\n' + HEAD + 'vars: {x: "file://{D}secret.txt"}\n'],
     "TestSpec.vars": [
         'prompts: ["{{ x }}"]\n' + HEAD + 'tests: [{vars: {x: "file://{D}secret.txt"}}]\n'
@@ -562,6 +570,8 @@ RAW_READS_ALLOWED = {
     "reports/html.py": "promptlab's packaged report assets",
     "scoring/graded.py": "promptlab's packaged judge prompt",
     "backends/llama_selftest.py": "the exactness self-test's verdict cache in ~/.cache/promptlab",
+    "optimize/search.py": "the search trace it writes into the run folder",
+    "optimize/report.py": "the run folder's search trace",
     "reports/tables.py": "the statistics memo in ~/.cache/promptlab",
     "models/ollama.py": "Ollama's manifests and small layer blobs (its store lives outside the project)",
     "models/hub.py": "the hub cache's refs, in huggingface_hub's own layout",
