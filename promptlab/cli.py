@@ -226,6 +226,14 @@ def run(
             "as the cluster's CPUs hold at the model's n_threads)",
         ),
     ] = None,
+    watch_mode: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Run again whenever the suite or a file it reads changes (a new run folder per "
+            "pass; the cache recomputes only changed cells); print what changed; Ctrl-C stops",
+        ),
+    ] = False,
 ) -> int:
     """Run every prompt × test × model, score the outputs and write reports.
 
@@ -245,6 +253,8 @@ def run(
         import_ray()
     elif ray_actors is not None:
         raise InputError("--ray-actors needs --ray", hint="add --ray auto (or local, HOST:PORT)")
+    if watch_mode:
+        _check_watch(resume, output, fail_under, max_regression, baseline, junit, output_format)
     if resume is None and suite is None:
         suite = core.find_suite(Path())  # ./promptfooconfig.yaml, or the one suite in evals/
     if resume is not None:
@@ -298,21 +308,30 @@ def run(
             cells=core.failing_cells(failing) if failing is not None else None,
         )
         cache = core.CacheOptions(use=not no_cache, refresh=refresh, path=cache_db)
-        with console.RichProgress() as progress:
-            result = core.run(
-                suite,
-                out=output,
-                model=model,
-                selection=selection,
-                progress=progress,
-                argv=argv,
-                allow_code=allow_code,
-                cache=cache,
-                notes=console.print_notes,
-                skip_unsupported=skip_unsupported,
-                ray=ray,
-                ray_actors=ray_actors,
-            )
+        path = suite
+
+        def one_pass() -> core.RunResult:
+            with console.RichProgress() as progress:
+                return core.run(
+                    path,
+                    out=output,
+                    model=model,
+                    selection=selection,
+                    progress=progress,
+                    argv=argv,
+                    allow_code=allow_code,
+                    cache=cache,
+                    notes=console.print_notes,
+                    skip_unsupported=skip_unsupported,
+                    ray=ray,
+                    ray_actors=ray_actors,
+                )
+
+        if watch_mode:
+            from promptlab import watch
+
+            return watch.watch(path, one_pass, debug=_state["debug"] or "--debug" in _argv)
+        result = one_pass()
     console.print_notes(result.notes[result.notes_shown :])  # any the run itself added
     as_json = output_format is OutputFormat.json
     if not as_json:
@@ -329,6 +348,41 @@ def run(
     if result.status == "interrupted":
         return ExitCode.INTERRUPTED
     return code
+
+
+def _check_watch(
+    resume: Path | None,
+    output: Path | None,
+    fail_under: list[str] | None,
+    max_regression: float | None,
+    baseline: Path | None,
+    junit: Path | None,
+    output_format: OutputFormat,
+) -> None:
+    """--watch runs pass after pass into new folders and prints its own report, so the options
+    that belong to one run's outcome do not apply."""
+    from promptlab.errors import InputError
+
+    used = [
+        name
+        for name, value in (
+            ("--resume", resume),
+            ("-o", output),
+            ("--fail-under", fail_under),
+            ("--max-regression", max_regression),
+            ("--baseline", baseline),
+            ("--junit", junit),
+        )
+        if value is not None
+    ]
+    if output_format is OutputFormat.json:
+        used.append("--format json")
+    if used:
+        raise InputError(
+            f"--watch starts a new run folder for every pass and prints its own report; "
+            f"drop {', '.join(used)}",
+            hint="or run once without --watch",
+        )
 
 
 def _conclude(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ class ProjectLoader(jinja2.BaseLoader):
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        # Told of every file read (the suite loader records included templates with it, so the
+        # manifest, --resume and --watch know every file a prompt depends on).
+        self.on_read: Callable[[Path, str], None] | None = None
 
     def path_for(self, name: str) -> Path:
         if name.startswith("/"):
@@ -95,6 +98,8 @@ class ProjectLoader(jinja2.BaseLoader):
                 raise jinja2.TemplateNotFound(template) from None
             raise OutsideProjectError(exc.one_line()) from None
         text = files.read_text(path, "template")
+        if self.on_read is not None:
+            self.on_read(path, text)
         mtime = path.stat().st_mtime_ns
         return text, str(path), lambda: path.is_file() and path.stat().st_mtime_ns == mtime
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pandas as pd
 
@@ -22,18 +23,24 @@ from promptlab.engine.store import StoreError, atomic_write, read_manifest, read
 from promptlab.reports import stats
 from promptlab.reports.html import render_html
 
+# For annotations elsewhere (promptlab.api): only reports/ imports pandas, even for type checking.
+DataFrame: TypeAlias = pd.DataFrame
+
 UNCHECKED = "unchecked"  # a row's status when no check gated its output ("no checks")
 
-PARAM_COLUMNS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "seed",
-    "repeat_penalty",
-    "stop",
-)
+# The generation parameters, in the order results.csv carries them: parameter -> column. The row's
+# own `seed` column comes first with the cell's identity, so the parameter's column is `param_seed`
+# (one name twice in a CSV header reads in pandas as `seed` and `seed.1`).
+PARAM_COLUMNS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "max_tokens": "max_tokens",
+    "seed": "param_seed",
+    "repeat_penalty": "repeat_penalty",
+    "stop": "stop",
+}
 
 
 @dataclass
@@ -110,8 +117,8 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             rec[f"metric_{name}"] = (row.get("named_scores") or {}).get(name)
         rec["grammar"] = row.get("grammar")
         params = row.get("params", {})
-        for name in PARAM_COLUMNS:
-            rec[name] = _text(params.get(name)) if name == "stop" else params.get(name)
+        for name, column in PARAM_COLUMNS.items():
+            rec[column] = _text(params.get(name)) if name == "stop" else params.get(name)
         records.append(rec)
     head = [
         "cell_id",
@@ -143,7 +150,7 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "prompt_source",
         *(f"metric_{m}" for m in metric_names),
         "grammar",
-        *PARAM_COLUMNS,
+        *PARAM_COLUMNS.values(),
     ]
     # Explicit columns: a run that finished no cell still gets a CSV with its header.
     frame: pd.DataFrame = pd.DataFrame.from_records(records, columns=head + tail)
@@ -348,25 +355,63 @@ def _spreadsheet_copies(folder: Path, frames: dict[str, pd.DataFrame]) -> list[P
     return paths
 
 
-def build_reports(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
-    """Every report of a run folder; with `spreadsheet`, also formula-safe copies of the CSVs in
-    spreadsheet/ for opening in Excel, LibreOffice or Google Sheets."""
+@dataclass
+class Tables:
+    """A run folder's tables, computed from results.jsonl and written by nothing yet: what
+    build_reports writes as CSV, and what the Python API (promptlab.api) reads back."""
+
+    manifest: dict[str, Any]
+    rows: list[dict[str, Any]]  # in suite order
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+    comparison_records: list[dict[str, Any]]
+
+    def csv(self) -> dict[str, str]:
+        """File name -> the exact text of results.csv, summary.csv and comparisons.csv."""
+        return {
+            "results.csv": self.results.to_csv(index=False),
+            "summary.csv": self.summary.to_csv(index=False),
+            "comparisons.csv": self.comparisons.to_csv(index=False),
+        }
+
+
+def read_back(csv_text: str) -> pd.DataFrame:
+    """A CSV text as `pandas.read_csv` reads it, so that the Python API's frames equal those a
+    user reads from the files (same columns, same dtypes)."""
+    frame: pd.DataFrame = pd.read_csv(io.StringIO(csv_text))
+    return frame
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    frame: pd.DataFrame = pd.DataFrame.from_records(records)
+    return frame
+
+
+def tables(folder: Path) -> Tables:
     manifest = read_manifest(folder)
     # Rows are stored in run order (prefix-aware, resumable); reports follow the suite's order.
     rows = sorted(read_results(folder), key=lambda r: r.get("order", 0))
     df = results_frame(rows)
     variants, comparisons = run_statistics(_stat_rows(df))
     summary = summary_frame(df, variants)
+    return Tables(manifest, rows, df, summary, comparisons_frame(comparisons), comparisons)
+
+
+def build_reports(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:
+    """Every report of a run folder; with `spreadsheet`, also formula-safe copies of the CSVs in
+    spreadsheet/ for opening in Excel, LibreOffice or Google Sheets."""
+    t = tables(folder)
+    manifest, rows, df, summary = t.manifest, t.rows, t.results, t.summary
+    comparisons, comparisons_df = t.comparison_records, t.comparisons
     results_csv, summary_csv, comparisons_csv, page = (
         folder / "results.csv",
         folder / "summary.csv",
         folder / "comparisons.csv",
         folder / "report.html",
     )
-    comparisons_df = comparisons_frame(comparisons)
-    atomic_write(results_csv, df.to_csv(index=False))
-    atomic_write(summary_csv, summary.to_csv(index=False))
-    atomic_write(comparisons_csv, comparisons_df.to_csv(index=False))
+    for name, text in t.csv().items():
+        atomic_write(folder / name, text)
     sheets = (
         _spreadsheet_copies(
             folder,

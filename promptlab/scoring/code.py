@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.util
 import sys
 import textwrap
@@ -24,7 +25,9 @@ from promptlab.errors import InputError
 from promptlab.scoring.checks import Check, CheckContext, PrepareEnv, Verdict, _bool
 
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name for a file without :function
-_MODULES: dict[Path, Any] = {}
+# Each file is imported once per version of its text: many checks share one module, and a
+# process that plans again (run --watch) runs the file as it is now, not as it was.
+_MODULES: dict[tuple[Path, str], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,10 @@ def _module_names(body: Iterable[ast.stmt]) -> set[str]:
 
 def _load_module(path: Path, source: str, where: str) -> Any:
     resolved = path.resolve()
-    if resolved in _MODULES:
-        return _MODULES[resolved]
-    name = f"promptlab_user_{abs(hash(resolved)):x}"
+    key = (resolved, hashlib.sha256(source.encode()).hexdigest())
+    if key in _MODULES:
+        return _MODULES[key]
+    name = f"promptlab_user_{abs(hash(key)):x}"
     spec = importlib.util.spec_from_loader(name, loader=None, origin=str(resolved))
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
@@ -114,7 +118,7 @@ def _load_module(path: Path, source: str, where: str) -> Any:
             f"{where}: importing {path} failed: {_describe(exc)}",
             hint="fix the module so that importing it runs without error",
         ) from None
-    _MODULES[resolved] = module
+    _MODULES[key] = module
     return module
 
 

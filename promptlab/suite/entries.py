@@ -17,6 +17,7 @@ import jinja2
 import jinja2.meta
 
 from promptlab.errors import InputError, Unsupported
+from promptlab.files import read_text, resolve_ref
 from promptlab.models import BUNDLED
 from promptlab.models import sources as model_sources
 from promptlab.suite.loaded import CheckDef, TestDef
@@ -231,6 +232,33 @@ class TestEntries(LoaderBase):
             out["rubricPrompt"] = opts.rubricPrompt
         return out
 
+    def code_files(self, tests: Sequence[TestDef]) -> None:
+        """Record the files of Python checks and transforms (file://x.py:fn) as the suite's
+        files, so the manifest lists them and --resume and --watch see them change. Read here,
+        never run: the planner imports them with consent and reports a missing or refused file
+        in its own words, so a problem with one is left to it rather than reported twice."""
+        refs: dict[str, str] = {}  # file part of the ref -> where it is first named
+        for test in tests:
+            _transform_refs(test.transform, test.where, refs)
+            stack = list(test.checks)
+            while stack:
+                check = stack.pop()
+                stack += check.children
+                if check.type.removeprefix("not-") == "python":
+                    _code_ref(check.value, check.where, refs)
+                _transform_refs(check.extra.get("transform"), check.where, refs)
+        for ref, where in refs.items():
+            with contextlib.suppress(InputError):
+                (path,) = resolve_ref(
+                    ref,
+                    base=self.base,
+                    root=self.root,
+                    what="Python file",
+                    where=where,
+                    globs=False,
+                )
+                self.record(path, read_text(path, "Python file"))
+
     def finish(self, test: TestDef, spec: TestSpec) -> TestDef:
         test.threshold = spec.threshold
         test.transform = _checked_transform(spec, test.where)
@@ -238,6 +266,19 @@ class TestEntries(LoaderBase):
         test.metadata = spec.metadata
         _flags(test, spec)
         return test
+
+
+def _code_ref(value: Any, where: str, into: dict[str, str]) -> None:
+    """A `file://x.py` or `file://x.py:function` ref (as scoring/code.py reads it) into `into`."""
+    if isinstance(value, str) and value.startswith("file://"):
+        file_part = value.removeprefix("file://").partition(":")[0]
+        if file_part.endswith(".py"):
+            into.setdefault(file_part, where)
+
+
+def _transform_refs(spec: Any, where: str, into: dict[str, str]) -> None:
+    for item in spec if isinstance(spec, list) else [spec]:
+        _code_ref(item.strip() if isinstance(item, str) else item, where, into)  # as parse() does
 
 
 def _choice_vars(checks: Sequence[CheckDef], env: jinja2.Environment) -> set[str]:

@@ -133,6 +133,7 @@ class _Loader(Sources):
             out += self.expand(t)
         for i, t in enumerate(out):
             t.index = i
+        self.code_files(out)
         return out
 
     def optimize(self, spec: OptimizeSpec, doc: YamlDoc) -> LoadedOptimize:

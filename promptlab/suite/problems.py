@@ -139,6 +139,7 @@ class LoaderBase:
         self.root = find_project_root(path.parent)
         self.env = TemplateEnv(self.root)
         self.files: dict[str, str] = {}
+        self.env.loader.on_read = self.record  # included templates count as the suite's files
         self.notes: list[str] = []
         # (what, why) -> where: a promptfoo key ignored in many tests makes one note.
         self.ignored: dict[tuple[str, str], list[str]] = {}

@@ -308,6 +308,35 @@ def test_resume_refusals(project: Project, cli: Cli) -> None:
     assert cli("run").code == 2
 
 
+# A Python check and a Python transform, each in its own file beside the suite.
+CODE_SUITE = """
+prompts: ["Say {{ q }}"]
+models: ["fake://echo?interrupt_after=1"]
+defaultTest:
+  transform: file://post.py:clean
+tests:
+  - vars: {q: alpha}
+    assert: [{type: python, value: "file://checks.py:ok"}]
+  - vars: {q: beta}
+    assert: [{type: python, value: "file://checks.py:ok"}]
+"""
+
+
+@pytest.mark.parametrize("edited", ["checks.py", "post.py"])
+def test_resume_refuses_after_a_python_file_changed(
+    project: Project, cli: Cli, edited: str
+) -> None:
+    write(project, CODE_SUITE)
+    project.write("evals/checks.py", "def ok(output, context):\n    return True\n")
+    project.write("evals/post.py", "def clean(output, context):\n    return output.strip()\n")
+    assert cli("run", "evals/s.yaml", "-o", "half", "--no-cache", "--allow-code").code == 130
+    assert {"evals/checks.py", "evals/post.py"} <= set(manifest(project.root / "half")["files"])
+    path = project.root / "evals" / edited
+    path.write_text(path.read_text() + "# edited\n")
+    r = cli("run", "--resume", "half", "--allow-code")
+    assert r.code == 2 and f"evals/{edited} changed since this run started" in r.err
+
+
 # --- selection ---------------------------------------------------------------------------------
 
 

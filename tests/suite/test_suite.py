@@ -321,6 +321,38 @@ def test_var_values_from_files(project: Project) -> None:
     assert {"evals/ctx.txt", "evals/data.json"} <= set(suite.files)
 
 
+def test_python_check_and_transform_files_are_the_suites_files(project: Project) -> None:
+    """Every place a Python file can be named counts it among the suite's files (the manifest's,
+    so --resume and --watch see it change); it is read, not run, so no consent is needed to
+    load, and a file that is missing is left to the planner to report."""
+    for name in ("test", "check", "nested", "default", "csv", "step"):
+        project.write(f"evals/{name}.py", f"def f(output, context):\n    return True  # {name}\n")
+    project.write("evals/t.csv", "w,__expected\nhi,file://csv.py:f\n")
+    suite = load(
+        project,
+        """
+        prompts: ["Say {{ w }}"]
+        models: [fake://echo]
+        defaultTest:
+          transform: file://default.py:f
+        tests:
+          - vars: {w: hi}
+            transform: [strip, " file://step.py:f"]
+            assert:
+              - {type: python, value: "file://test.py:f", transform: file://check.py:f}
+              - type: assert-set
+                assert: [{type: python, value: "file://nested.py:f"}]
+              - {type: python, value: "file://missing.py:f"}
+              - {type: python, value: "'file://inline.py' in output"}
+          - file://t.csv
+        """,
+    )
+    names = {"test", "check", "nested", "default", "csv", "step"}
+    assert set(suite.files) == {SUITE, "evals/t.csv"} | {f"evals/{n}.py" for n in names}
+    with pytest.raises(InputError, match=r"missing\.py"):
+        build_plan(suite)
+
+
 def test_var_file_outside_project_is_refused(project: Project) -> None:
     (project.root.parent / "secret.txt").write_text("x")
     with pytest.raises(InputError, match="outside the project"):
