@@ -208,6 +208,24 @@ def run(
     baseline: BaselineOpt = None,
     junit: JunitOpt = None,
     output_format: FormatOpt = OutputFormat.text,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|local|HOST:PORT",
+            help="Run the cells on Ray actors (pip install 'promptlab[ray]'): auto joins the "
+            "cluster `ray start` runs here, local starts one for this run; results and cache "
+            "stay on this machine",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-actors",
+            help="At most N Ray actors per model (default: as many "
+            "as the cluster's CPUs hold at the model's n_threads)",
+        ),
+    ] = None,
     watch_mode: Annotated[
         bool,
         typer.Option(
@@ -228,6 +246,13 @@ def run(
     from promptlab.reports.compare import project_of
 
     argv = ["promptlab", *_argv]
+    if ray is not None:  # before any planning: a missing Ray is one line, exit 2
+        from promptlab.engine.distributed import check_address, import_ray
+
+        check_address(ray)
+        import_ray()
+    elif ray_actors is not None:
+        raise InputError("--ray-actors needs --ray", hint="add --ray auto (or local, HOST:PORT)")
     if watch_mode:
         _check_watch(resume, output, fail_under, max_regression, baseline, junit, output_format)
     if resume is None and suite is None:
@@ -265,6 +290,8 @@ def run(
                 argv=argv,
                 allow_code=allow_code,
                 notes=console.print_notes,
+                ray=ray,
+                ray_actors=ray_actors,
             )
     else:
         if suite is None:
@@ -296,6 +323,8 @@ def run(
                     cache=cache,
                     notes=console.print_notes,
                     skip_unsupported=skip_unsupported,
+                    ray=ray,
+                    ray_actors=ray_actors,
                 )
 
         if watch_mode:

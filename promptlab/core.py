@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptlab import __version__, consent
 from promptlab.backends import is_fake
+from promptlab.backends.server import ServerSpec
 from promptlab.consent import CodeMode
 from promptlab.engine.cache import Cache, open_cache
 from promptlab.engine.cache import CacheOptions as CacheOptions  # run's argument: core.CacheOptions
@@ -41,6 +42,7 @@ from promptlab.plan.prepare import prepare_run
 from promptlab.suite import Suite, load_suite
 
 if TYPE_CHECKING:
+    from promptlab.engine.distributed import Cluster
     from promptlab.reports.tables import ReportFiles
 
 
@@ -139,7 +141,10 @@ def run(
     cache: CacheOptions | None = None,
     notes: NotesFn | None = None,
     skip_unsupported: bool = False,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
+    """`ray`: run the cells on a Ray cluster (auto, local or HOST:PORT; see engine/distributed)."""
     sel = selection or Selection(pattern=filter_pattern, limit=limit)
     plan, granted = prepare_run(
         path,
@@ -159,6 +164,7 @@ def run(
     check_run_dir(folder)
     cache_opts = cache or CacheOptions()
     result_cache = open_cache(cache_opts, suite.root)
+    cluster = _connect_ray(ray, ray_actors, result_cache, plan)
     # Everything above can fail with exit 2 and nothing written; from here on we own a run folder.
     lock: RunLock | None = None
     try:
@@ -167,6 +173,8 @@ def run(
     except (OSError, PromptlabError) as exc:
         if result_cache is not None:
             result_cache.close()
+        if cluster is not None:
+            cluster.close()
         if lock is not None:
             lock.release()
         if isinstance(exc, PromptlabError):
@@ -228,7 +236,32 @@ def run(
         "skipped": suite.skipped,
         "code": _code_record(plan, granted),
     }
-    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes, cluster)
+
+
+def _connect_ray(
+    address: str | None, actors: int | None, cache: Cache | None, plan: Plan
+) -> Cluster | None:
+    """The Ray cluster for --ray (None without it); on failure the cache is closed first."""
+    if address is None:
+        return None
+    from promptlab.engine.distributed import connect  # noqa: PLC0415 - Ray only with --ray
+
+    try:
+        # Ray actors load GGUF files in-process; a server model is remote already, and its
+        # concurrency: setting is what spreads its cells.
+        served = [m.label for m in plan.models if isinstance(m.path, ServerSpec)]
+        if served:
+            raise InputError(
+                f"--ray runs in-process models on the cluster, but model '{served[0]}' is "
+                "served by an OpenAI-compatible server",
+                hint="run a suite with server models without --ray (raise their concurrency:)",
+            )
+        return connect(address, actors)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
 
 
 def _code_record(plan: Plan, granted: consent.Consent) -> dict[str, Any] | None:
@@ -335,10 +368,15 @@ def _execute(
     folder: Path,
     lock: RunLock | None,
     show_notes: NotesFn | None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
     try:
-        return _execute_locked(plan, writer, manifest, result_cache, progress, folder, show_notes)
+        return _execute_locked(
+            plan, writer, manifest, result_cache, progress, folder, show_notes, cluster
+        )
     finally:
+        if cluster is not None:
+            cluster.close()
         if lock is not None:
             lock.release()
 
@@ -351,6 +389,7 @@ def _execute_locked(
     progress: Progress | None,
     folder: Path,
     show_notes: NotesFn | None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
     try:
         threads = check_threads(plan)
@@ -361,6 +400,8 @@ def _execute_locked(
         raise
     if threads is not None:
         manifest["threads"] = threads
+    if cluster is not None:
+        manifest["ray"] = cluster.describe()
     shown = len(plan.suite.notes)
     if show_notes is not None and shown:
         show_notes(list(plan.suite.notes))
@@ -373,7 +414,16 @@ def _execute_locked(
     stats = Stats()
     status, error = "complete", None
     try:
-        execute(plan, writer, progress or NoProgress(), on_model, cache=result_cache, stats=stats)
+        if cluster is not None:
+            from promptlab.engine.distributed import execute_ray  # noqa: PLC0415 - Ray only with --ray
+
+            execute_ray(
+                plan, writer, progress or NoProgress(), on_model, cluster, result_cache, stats
+            )
+        else:
+            execute(
+                plan, writer, progress or NoProgress(), on_model, cache=result_cache, stats=stats
+            )
     except KeyboardInterrupt:
         status = "interrupted"
     except PromptlabError as exc:
@@ -436,6 +486,8 @@ def resume(
     argv: list[str] | None = None,
     allow_code: bool = False,
     notes: NotesFn | None = None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
     """Finish an interrupted run in place: plan the same cells, skip those already stored.
 
@@ -455,7 +507,7 @@ def resume(
             hint="make it writable, then resume again",
         ) from None
     try:
-        return _resume_locked(folder, lock, progress, argv, allow_code, notes)
+        return _resume_locked(folder, lock, progress, argv, allow_code, notes, ray, ray_actors)
     except BaseException:
         lock.release()
         raise
@@ -468,6 +520,8 @@ def _resume_locked(
     argv: list[str] | None,
     allow_code: bool,
     notes: NotesFn | None,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> RunResult:
     from promptlab.engine.store import read_manifest, read_results, repair_results  # noqa: PLC0415
 
@@ -514,11 +568,14 @@ def _resume_locked(
         path=Path(cache_args["path"]) if cache_args.get("path") else None,
     )
     result_cache = open_cache(cache_opts, plan.suite.root)
+    cluster = _connect_ray(ray, ray_actors, result_cache, plan)
     try:
         writer = RunWriter(folder)
     except OSError as exc:
         if result_cache is not None:
             result_cache.close()
+        if cluster is not None:
+            cluster.close()
         raise PromptlabError(
             f"{folder}: cannot write to the run folder: {exc.strerror or exc}",
             hint="make it writable, then resume again",
@@ -534,7 +591,7 @@ def _resume_locked(
     manifest["status"] = "running"
     manifest["command"] = argv if argv is not None else sys.argv
     manifest["code"] = _code_record(plan, granted)
-    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes)
+    return _execute(plan, writer, manifest, result_cache, progress, folder, lock, notes, cluster)
 
 
 def report(folder: Path, *, spreadsheet: bool = False) -> ReportFiles:

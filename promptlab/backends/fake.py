@@ -8,8 +8,10 @@ Model paths select the behaviour:
 Options (query string, combinable): sleep_ms=N (simulated latency), fail_on=WORD (a cell error when
 the prompt contains WORD), interrupt_after=N (raise KeyboardInterrupt on call N+1, as Ctrl-C
 would; generate and score_choices calls both count), load_error=1 (fail to load),
-choice_bias=TEXT (score_choices: the choice equal to TEXT wins). Tokens are whitespace-separated
-words, so n_ctx and max_tokens behave like the real thing.
+choice_bias=TEXT (score_choices: the choice equal to TEXT wins), crash_after=N (rules mode: the
+first process to reach call N+1 creates RULES.crashed beside the rules file and exits at once, as
+a killed Ray actor would; a process that finds that file there goes on). Tokens are
+whitespace-separated words, so n_ctx and max_tokens behave like the real thing.
 
 The other backend features, all deterministic:
 - grammar: `check_grammar` refuses a grammar whose text contains "INVALID" (generate then raises
@@ -39,6 +41,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -98,6 +101,8 @@ class FakeBackend:
         self.reply = query.get("text", "")
         self.choice_bias = query.get("choice_bias")
         self.interrupt_after = int(query["interrupt_after"]) if "interrupt_after" in query else None
+        self.crash_after = int(query["crash_after"]) if "crash_after" in query else None
+        self.crash_flag: Path | None = None
         self.calls = 0
         self.rules: dict[str, str] = {}
         if self.mode not in ("echo", "reply", "rules"):
@@ -111,6 +116,15 @@ class FakeBackend:
                 self.rules = json.loads(files.read_text(Path(query["file"]), "rules file"))
             except ValueError as exc:
                 raise InputError(f"{spec}: cannot read rules file: {exc}") from None
+            # Beside the rules file's real path, which the plan confined to the project: a suite
+            # cannot make this create a file anywhere else.
+            rules = Path(query["file"]).resolve()
+            self.crash_flag = rules.with_name(rules.name + ".crashed")
+        elif self.crash_after is not None:
+            raise InputError(
+                f"{spec}: crash_after needs rules mode",
+                hint="use fake://rules?file=rules.json&crash_after=N",
+            )
         if query.get("load_error"):
             raise BackendError(f"{spec}: simulated load failure")
         self.info = RuntimeInfo(
@@ -143,6 +157,15 @@ class FakeBackend:
         """What every generate/score call shares: interrupt, n_ctx, simulated failure, latency."""
         if self.interrupt_after is not None and self.calls >= self.interrupt_after:
             raise KeyboardInterrupt
+        if self.crash_after is not None and self.calls >= self.crash_after and self.crash_flag:
+            # The one raw open outside files.py's door that writes: an empty marker, never over
+            # an existing file.
+            try:  # O_EXCL: of several processes, exactly one crashes
+                os.close(os.open(self.crash_flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                self.crash_after = None
+            else:
+                os._exit(3)
         self.calls += 1
         if n_prompt >= self.settings.n_ctx:
             raise CellError(

@@ -153,13 +153,11 @@ class ModelHandle:
         """What the cache keys on for this model: file and build, and the load settings."""
         if self._identity is None:
             path = self.model.path
-            if isinstance(path, str):  # fake:// models
-                self._identity = path
-            elif isinstance(path, ServerSpec):  # asks the server what it serves
+            if isinstance(path, ServerSpec):  # asks the server what it serves
                 server = server_identity(path)
                 self._identity, self.cacheable = server.key, server.cacheable
             else:
-                self._identity = f"{describe_sha(path)}|{engine_id()}"
+                self._identity = model_identity(path)
         return {
             "model": self._identity,
             "load": self.model.settings.result_key(),
@@ -171,6 +169,14 @@ class ModelHandle:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+
+def model_identity(path: Path | str) -> str:
+    """The model part of every cache key: file sha256 and llama.cpp build (the spec for fake://
+    models). Ray actors report theirs, so a node with another file or build is refused."""
+    if isinstance(path, str):
+        return path
+    return f"{describe_sha(path)}|{engine_id()}"
 
 
 def describe_sha(path: Path) -> str:
@@ -210,6 +216,16 @@ def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
         grammar=request.grammar,
         logprobs=request.logprobs,
         **chat,
+    )
+
+
+def choices_key(
+    identity: dict[str, Any], context: str, add_bos: bool, choices: Sequence[str]
+) -> str:
+    """The cache key of one choice scoring (shared with distributed/driver.py, which looks it
+    up before sending the scoring to a Ray actor)."""
+    return make_key(
+        kind="choices", **identity, text=context, add_bos=add_bos, choices=list(choices)
     )
 
 
@@ -322,13 +338,7 @@ class RunServices:
         identity = self.handle.identity() if self.cache is not None else {}
         cache = self.cache if self.handle.cacheable else None
         if cache is not None:
-            key = make_key(
-                kind="choices",
-                **identity,
-                text=context,
-                add_bos=add_bos,
-                choices=list(choices),
-            )
+            key = choices_key(identity, context, add_bos, choices)
             hit = cache.get("choices", key)
             if hit is not None:
                 try:
@@ -506,7 +516,7 @@ def make_row(
     }
 
 
-def _check_grammars(backend: Backend, cells: Sequence[Cell]) -> None:
+def check_grammars(backend: Backend, cells: Sequence[Cell]) -> None:
     """Validate each distinct grammar once, right after load: llama.cpp parses GBNF lazily."""
     seen: set[str] = set()
     for cell in cells:
@@ -563,7 +573,7 @@ def execute(
                 record["runtime"] = {"backend": backend.info.backend, **backend.info.facts}
                 remember(record)
                 progress.model_loaded(record["label"], record)
-                _check_grammars(backend, cells)
+                check_grammars(backend, cells)
 
             handle = ModelHandle(
                 model,
@@ -595,7 +605,8 @@ def execute(
     return stats
 
 
-def _request(cell: Cell, plan: Plan) -> GenRequest:
+def gen_request(cell: Cell, plan: Plan) -> GenRequest:
+    """The backend request for one cell (public: the Ray driver builds the same one)."""
     chat = tuple((m.role, m.content) for m in cell.messages) if cell.endpoint == "chat" else None
     return GenRequest(
         cell.text,
@@ -645,7 +656,7 @@ def _run_model(
             row["cached"] = cache is not None and cache.hits > hits
             emit(row)
             continue
-        request = _request(cell, plan)
+        request = gen_request(cell, plan)
         hit = cached_generation(cache, handle, request)
         if hit is not None:
             row = make_row(cell, plan, hit[0], hit[1], None, services)
