@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,19 @@ def run_optimize(suite: Path, out: Path, args: argparse.Namespace) -> tuple[floa
     assert result.status == "complete", result.error
     load = _load_ms(read_manifest(out).get("models", [])) / 1000
     return wall - load, result.ran
+
+
+def copy_project(suite: Path, dest: Path) -> Path:
+    """The suite's folder and its sibling prompts/ folder, copied into a new project at `dest`;
+    the copied suite's path."""
+    dest.mkdir(parents=True)
+    (dest / "promptlab.toml").write_text("")  # the project root marker
+    skip = shutil.ignore_patterns("*.optimized.j2", "results", ".promptlab")
+    shutil.copytree(suite.parent, dest / suite.parent.name, ignore=skip)
+    prompts = suite.parent.parent / "prompts"
+    if prompts.is_dir():
+        shutil.copytree(prompts, dest / "prompts", ignore=skip)
+    return dest / suite.parent.name / suite.name
 
 
 def replay_suite(project: Path, suite: Path, optimized: Path, model: str | None) -> Path:
@@ -113,6 +127,9 @@ def main() -> int:
     mismatches = 0
     with tempfile.TemporaryDirectory(prefix="bench-optimize-") as tmp:
         base = Path(tmp)
+        # optimize writes its winner beside the original template: work on a copy of the
+        # suite's project, so a benchmark never leaves files in the checkout.
+        suite = copy_project(suite, base / "project")
         first = base / "first"
         _w, cells = run_optimize(suite, first, args)
         replay = replay_suite(suite.parent, suite, first, args.model)
