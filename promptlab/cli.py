@@ -50,6 +50,13 @@ AllowCodeOpt = Annotated[
         "or `promptlab trust`); a suite cannot allow itself",
     ),
 ]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the result cache")
+]
+CacheDbOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
+]
 SkipOpt = Annotated[
     bool,
     typer.Option(
@@ -191,16 +198,11 @@ def run(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Finish this interrupted run in place")
     ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither read nor write the result cache")
-    ] = False,
+    no_cache: NoCacheOpt = False,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Run every cell again and overwrite the cache")
     ] = False,
-    cache_db: Annotated[
-        Path | None,
-        typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
-    ] = None,
+    cache_db: CacheDbOpt = None,
     allow_code: AllowCodeOpt = False,
     skip_unsupported: SkipOpt = False,
     fail_under: FailUnderOpt = None,
@@ -647,13 +649,8 @@ def optimize(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Finish this interrupted optimization")
     ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither read nor write the result cache")
-    ] = False,
-    cache_db: Annotated[
-        Path | None,
-        typer.Option("--cache-db", help="Cache database (default: .promptlab/cache.sqlite)"),
-    ] = None,
+    no_cache: NoCacheOpt = False,
+    cache_db: CacheDbOpt = None,
     allow_code: AllowCodeOpt = False,
 ) -> int:
     """Search the prompt's demos, instructions, variables and params (the suite's optimize:

@@ -30,7 +30,7 @@ from promptlab.backends import (
 )
 from promptlab.consent import CodeMode
 from promptlab.engine.cache import Cache
-from promptlab.engine.runner import Stats, execute
+from promptlab.engine.runner import NoProgress, Stats, execute
 from promptlab.engine.store import RunWriter
 from promptlab.optimize.space import Candidate
 from promptlab.plan import Plan, build_plan
@@ -288,18 +288,11 @@ def count_cells(suite: LoadedSuite, prompt: PromptDef, code: CodeMode) -> dict[i
     return cells
 
 
-class _Progress:
+class _Progress(NoProgress):
+    """The runner's progress hooks, of which the search needs only the finished cells."""
+
     def __init__(self, cell_done: Callable[[dict[str, Any]], None]) -> None:
         self._cell_done = cell_done
-
-    def start(self, total: int) -> None:
-        pass
-
-    def model_loading(self, label: str) -> None:
-        pass
-
-    def model_loaded(self, label: str, facts: dict[str, Any]) -> None:
-        pass
 
     def cell_done(self, row: dict[str, Any]) -> None:
         self._cell_done(row)
