@@ -341,6 +341,15 @@ def bench_fewshot(args: argparse.Namespace) -> int:
         f"promptlab prompt tokens (p1): {reuse.get('evaluated')} evaluated, {reuse.get('reused')} reused of {reuse.get('prompt_tokens')}"
     )
     print(f"pN generation phase: {gen}")
+    # Where each side's engine time went (the last round's rows): prompt fills vs generation steps.
+    for name, rows in (("p1", p1), ("pN", pN)):
+        fill = sum(float(r.get("prompt_eval_ms") or 0) for r in rows) / 1000
+        steps = sum(float(r.get("eval_ms") or 0) for r in rows) / 1000
+        tokens = sum(int(r.get("prompt_eval_tokens") or 0) for r in rows)
+        print(
+            f"{name} engine time: prompt fills {fill:.2f} s for {tokens} tokens "
+            f"({fill * 1000 / max(1, tokens):.2f} ms/token), generation steps {steps:.2f} s"
+        )
     print(
         f"passed: bare {sum(c['pass'] for c in bare_out)}/{len(bare_out)}, p1 {sum(r['status'] == 'pass' for r in p1)}/{len(p1)}, pN {sum(r['status'] == 'pass' for r in pN)}/{len(pN)}"
     )
