@@ -10,7 +10,10 @@ the prompt contains WORD), interrupt_after=N (raise KeyboardInterrupt on call N+
 would; generate and score_choices calls both count), load_error=1 (fail to load),
 choice_bias=TEXT (score_choices: the choice equal to TEXT wins), crash_after=N (rules mode: the
 first process to reach call N+1 creates RULES.crashed beside the rules file and exits at once, as
-a killed Ray actor would; a process that finds that file there goes on). Tokens are
+a killed Ray actor would; a process that finds that file there goes on), barrier=N (rules mode:
+loading marks RULES.loaded-PID beside the rules file and waits, up to 60 s, until N processes
+have, so N Ray actors enter service together and a test of how work spreads cannot race their
+start-up). Tokens are
 whitespace-separated words, so n_ctx and max_tokens behave like the real thing.
 
 The other backend features, all deterministic:
@@ -88,6 +91,25 @@ def confine_rules(spec: str, base: Path, root: Path, where: str) -> str:
     return urlunparse(url._replace(query=urlencode(query, doseq=True)))
 
 
+BARRIER_TIMEOUT_S = 60.0
+
+
+def _wait_for_peers(spec: str, rules: Path, n: int) -> None:
+    """Mark this process loaded beside the rules file, then wait until `n` processes have."""
+    mark = rules.with_name(f"{rules.name}.loaded-{os.getpid()}")
+    # Raw, like the crash marker: an empty file created beside the project's rules file; it
+    # may exist already (this process opened a second backend on the same rules).
+    mark.touch(exist_ok=True)
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while (seen := len(list(rules.parent.glob(f"{rules.name}.loaded-*")))) < n:
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"{spec}: only {seen} of {n} processes loaded within {BARRIER_TIMEOUT_S:.0f} s",
+                hint="barrier=N is for N Ray actors started together",
+            )
+        time.sleep(0.02)
+
+
 class FakeBackend:
     def __init__(self, spec: str, settings: LoadSettings, *, embedding: bool = False) -> None:
         url = urlparse(spec)
@@ -102,6 +124,7 @@ class FakeBackend:
         self.choice_bias = query.get("choice_bias")
         self.interrupt_after = int(query["interrupt_after"]) if "interrupt_after" in query else None
         self.crash_after = int(query["crash_after"]) if "crash_after" in query else None
+        barrier = int(query.get("barrier", 0))
         self.crash_flag: Path | None = None
         self.calls = 0
         self.rules: dict[str, str] = {}
@@ -120,10 +143,12 @@ class FakeBackend:
             # cannot make this create a file anywhere else.
             rules = Path(query["file"]).resolve()
             self.crash_flag = rules.with_name(rules.name + ".crashed")
-        elif self.crash_after is not None:
+            if barrier:
+                _wait_for_peers(spec, rules, barrier)
+        elif self.crash_after is not None or barrier:
             raise InputError(
-                f"{spec}: crash_after needs rules mode",
-                hint="use fake://rules?file=rules.json&crash_after=N",
+                f"{spec}: crash_after and barrier need rules mode",
+                hint="use fake://rules?file=rules.json&crash_after=N (or &barrier=N)",
             )
         if query.get("load_error"):
             raise BackendError(f"{spec}: simulated load failure")

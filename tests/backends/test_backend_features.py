@@ -117,6 +117,27 @@ def test_fake_embed_and_modes() -> None:
 # --- JSON schema → GBNF (pure Python) ------------------------------------------------------------
 
 
+def test_fake_barrier_waits_for_its_peers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """barrier=N (test_two_actors_... relies on it): a loading process marks itself beside the
+    rules file and goes on once N have; alone under barrier=2 it gives up with a BackendError."""
+    from promptlab.backends import fake
+
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"hi": "there"}))
+    open_backend(f"fake://rules?file={rules}&barrier=1", SETTINGS)  # only itself to wait for
+    assert [p.name for p in tmp_path.glob("rules.json.loaded-*")] == [
+        f"rules.json.loaded-{os.getpid()}"
+    ]
+    monkeypatch.setattr(fake, "BARRIER_TIMEOUT_S", 0.2)
+    with pytest.raises(BackendError, match="only 1 of 2 processes loaded"):
+        open_backend(f"fake://rules?file={rules}&barrier=2", SETTINGS)
+    (tmp_path / "rules.json.loaded-999999").touch()  # a peer: now two have loaded
+    backend = open_backend(f"fake://rules?file={rules}&barrier=2", SETTINGS)
+    assert backend.generate("hi", False, GREEDY).text == "there"
+    with pytest.raises(InputError, match="need rules mode"):
+        open_backend("fake://echo?barrier=2", SETTINGS)
+
+
 def test_schema_to_gbnf_converts() -> None:
     gbnf = json_schema_to_grammar(
         {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, "s.yaml"

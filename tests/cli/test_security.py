@@ -575,7 +575,7 @@ RAW_READS_ALLOWED = {
     "reports/tables.py": "the statistics memo in ~/.cache/promptlab",
     "models/ollama.py": "Ollama's manifests and small layer blobs (its store lives outside the project)",
     "models/hub.py": "the hub cache's refs, in huggingface_hub's own layout",
-    "backends/fake.py": "crash_after's empty marker, created beside the confined rules file",
+    "backends/fake.py": "crash_after's and barrier's empty markers, beside the confined rules file",
 }
 _RAW_READ = re.compile(
     r"(?<!files)\.read_text\(|\.read_bytes\(|(?<![\w.])open\(|\.open\(|fdopen\(|spec_from_file_location"

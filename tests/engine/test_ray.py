@@ -243,11 +243,16 @@ def test_help_does_not_import_ray() -> None:
 
 @pytest.mark.timeout(300)
 def test_two_actors_give_the_local_rows(project: Project, ray_cluster: str) -> None:
-    model = rules_model(project, sleep_ms="20")
-    suite = project.write("suite.yaml", suite_text(model))
+    # barrier=2: both actors enter service together. Without it, on a slow machine the first
+    # actor can finish every cell (taking the second's queue, as it should) before the second
+    # has loaded, and "both actors worked" would be a race.
+    suite = project.write("suite.yaml", suite_text(rules_model(project, sleep_ms="20")))
+    together = project.write(
+        "together.yaml", suite_text(rules_model(project, sleep_ms="20", barrier="2"))
+    )
     local = core.run(suite, out=project.root / "local", cache=core.CacheOptions(use=False))
     remote = core.run(
-        suite, out=project.root / "ray", cache=core.CacheOptions(use=False), ray="auto"
+        together, out=project.root / "ray", cache=core.CacheOptions(use=False), ray="auto"
     )
     assert local.status == remote.status == "complete"
     expected = rows_by_cell(local.folder)
