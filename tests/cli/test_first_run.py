@@ -592,10 +592,19 @@ def test_load_is_measured_over_the_start_up_without_sleeping(
     if snap is None:
         pytest.skip("no /proc/stat here")
     busy, own, wall = snap
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(core.time, "sleep", sleep)
     monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 1.0))
-    t0 = time.perf_counter()
     load = core.measure_load()
-    assert load is not None and load >= 0 and time.perf_counter() - t0 < 0.05
+    assert load is not None and load >= 0
+    assert slept == [0.0]  # the window is already 1 s old: nothing to wait for
     monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 60.0))
-    t0 = time.perf_counter()
-    assert core.measure_load() is not None and time.perf_counter() - t0 >= 0.09
+    slept.clear()
+    assert core.measure_load() is not None
+    assert len(slept) == 1 and 0.09 <= slept[0] <= 0.1  # a fresh 0.1 s sample
