@@ -287,6 +287,8 @@ def run(
     cache_db: PathLike | None = None,
     allow_code: bool = False,
     skip_unsupported: bool = False,
+    ray: str | None = None,
+    ray_actors: int | None = None,
     progress: Progress | None = None,
 ) -> Run:
     """Run a suite as `promptlab run` does, and return the run folder read back.
@@ -308,6 +310,9 @@ def run(
         cache_db: the cache database (default: .promptlab/cache.sqlite).
         allow_code: run the suite's Python checks and transforms (--allow-code).
         skip_unsupported: leave out what uses a promptfoo feature promptlab does not run.
+        ray: run the cells on a Ray cluster: "auto", "local" or HOST:PORT (--ray; needs
+            `pip install promptlab[ray]`). Also with resume=.
+        ray_actors: actors per model on that cluster (--ray-actors; default: as many as fit).
         progress: an object with promptlab.engine.runner.Progress's methods (default: silent).
 
     Returns the Run, also when interrupted (KeyboardInterrupt stops the cells; `run.status` is
@@ -318,6 +323,8 @@ def run(
     from promptlab.plan import Selection  # noqa: PLC0415
 
     argv = ["promptlab.run", *([str(suite)] if suite is not None else [])]
+    if ray_actors is not None and ray is None:
+        raise InputError("ray_actors= needs ray=", hint='add ray="auto" (or "local", HOST:PORT)')
     if resume is not None:
         given = [
             name
@@ -340,7 +347,12 @@ def run(
                 hint=f"promptlab.run(resume={str(resume)!r})",
             )
         result = core.resume(
-            Path(resume), progress=progress, argv=[*argv, f"resume={resume}"], allow_code=allow_code
+            Path(resume),
+            progress=progress,
+            argv=[*argv, f"resume={resume}"],
+            allow_code=allow_code,
+            ray=ray,
+            ray_actors=ray_actors,
         )
     else:
         path = Path(suite) if suite is not None else core.find_suite(Path())
@@ -366,6 +378,8 @@ def run(
             allow_code=allow_code,
             cache=cache,
             skip_unsupported=skip_unsupported,
+            ray=ray,
+            ray_actors=ray_actors,
         )
     if result.error is not None:
         raise result.error

@@ -276,6 +276,20 @@ def test_two_actors_give_the_local_rows(project: Project, ray_cluster: str) -> N
 
 
 @pytest.mark.timeout(300)
+def test_the_python_api_runs_on_ray_too(project: Project, ray_cluster: str) -> None:
+    import promptlab
+
+    suite = project.write("suite.yaml", suite_text(rules_model(project), tests=4))
+    local = promptlab.run(suite, out=project.root / "local", no_cache=True)
+    remote = promptlab.run(suite, out=project.root / "ray", no_cache=True, ray="auto", ray_actors=1)
+    assert rows_by_cell(remote.folder) == rows_by_cell(local.folder)
+    assert remote.manifest["models"][0]["ray"]["actors"] == 1
+    assert remote.results.shape == local.results.shape
+    with pytest.raises(InputError, match="ray_actors= needs ray="):
+        promptlab.run(suite, ray_actors=2)
+
+
+@pytest.mark.timeout(300)
 def test_cache_is_written_by_the_driver_and_serves_a_rerun(
     project: Project, ray_cluster: str
 ) -> None:
