@@ -111,6 +111,28 @@ def test_python_dash_m_promptlab() -> None:
     assert "Usage: promptlab" in r.stdout
 
 
+def test_every_command_in_the_group_modules_is_registered() -> None:
+    """promptlab/cli/__init__.py registers the commands in one list (it sets --help's order), so
+    a command written in a group's module but left out of that list would silently not exist."""
+    import inspect
+
+    from promptlab.cli import app, optimize, project, reports, run
+
+    registered = {
+        info.callback
+        for typer_app in (app, reports.baseline_app)
+        for info in typer_app.registered_commands
+    }
+    defined = {
+        f"{module.__name__}.{name}": function
+        for module in (optimize, project, reports, run)
+        for name, function in inspect.getmembers(module, inspect.isfunction)
+        if function.__module__ == module.__name__ and not name.startswith("_")
+    }
+    assert {"promptlab.cli.run.run", "promptlab.cli.reports.baseline_set"} <= defined.keys()
+    assert sorted(name for name, f in defined.items() if f not in registered) == []
+
+
 def test_no_arguments_shows_help_and_bad_option_is_usage_error(cli: Cli) -> None:
     r = cli()
     assert r.code in (0, 2)
