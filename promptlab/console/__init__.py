@@ -1,4 +1,4 @@
-# Over 600 lines: every terminal view in one place, so that only it and cli.py import rich.
+# Over 600 lines: every terminal view in one place, so that only it and cli/ import rich.
 """Terminal views (rich). Presentation only: no decisions about runs live here."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The terminal side of `promptlab optimize`: a progress bar over the budget on stderr, one line
-per candidate as racing settles it, and the result (cli.py imports it; it is the rich side of
+per candidate as racing settles it, and the result (cli/ imports it; it is the rich side of
 the optimize stage, as the rest of console/ is of core's)."""
 
 from __future__ import annotations
