@@ -265,10 +265,17 @@ def suite_for(
     chosen: list[TestDef] = [
         replace(by_index[t], vars={**by_index[t].vars, **cand.vars}) for t in tests
     ]
+    # A candidate's params win over a model's own (a promptfoo provider's config), as the
+    # suite's params: do.
+    models = [
+        replace(m, params={k: v for k, v in m.params.items() if k not in cand.params})
+        for m in suite.models
+    ]
     return replace(
         suite,
         prompts=[replace(prompt, label=cand.label)],
         tests=chosen,
+        models=models,
         params=params,
         settings=[params],
         varied=[],

@@ -472,7 +472,10 @@ def build_plan(
             random.Random(sel.sample_seed).sample(eligible, min(sel.sample, len(eligible)))
         )
     order = 0
-    for model in models:
+    for model, mdef in zip(models, suite.models, strict=True):
+        # A promptfoo provider's config sets its own model's settings (suite/providers.py).
+        model_settings = [s.model_copy(update=mdef.params) for s in settings]
+        model_p = p.model_copy(update=mdef.params)
         for test in suite.tests:
             test_hay = " ".join([test.name, *(str(v) for v in test.vars.values())])
             test_checks = checks[test.index]
@@ -481,7 +484,9 @@ def build_plan(
             generate = not leaves or any(c.base not in scoring.NO_OUTPUT for c in leaves)
             # A choice-only cell does not sample: one cell per test, whatever the grid.
             points = (
-                [(s, r) for s in settings for r in range(suite.repeat)] if generate else [(p, 0)]
+                [(s, r) for s in model_settings for r in range(suite.repeat)]
+                if generate
+                else [(model_p, 0)]
             )
             for pi, prompt in enumerate(suite.prompts):
                 total += len(points)

@@ -20,6 +20,7 @@ from promptlab.errors import InputError, Unsupported
 from promptlab.files import read_text, resolve_ref
 from promptlab.models import BUNDLED
 from promptlab.models import sources as model_sources
+from promptlab.suite import providers as pf_providers
 from promptlab.suite.loaded import CheckDef, TestDef
 from promptlab.suite.problems import LoaderBase, _rel
 from promptlab.suite.promptfoo import (
@@ -65,6 +66,8 @@ class TestEntries(LoaderBase):
         if not isinstance(ident, str) or not ident.strip():
             self.ignore(where, f"provider {json.dumps(value, default=str)[:60]}", why)
             return None
+        # promptfoo's ollama:chat:NAME is promptlab's ollama:NAME ("chat" is not the model).
+        ident = pf_providers.ollama_spec(ident)
         if not (
             ident in BUNDLED
             or model_sources.is_source(ident)

@@ -62,6 +62,9 @@ class ModelDef:
     label: str
     spec: ModelSpec
     where: str
+    # Generation settings of this model alone (Params names), over the suite's params: a
+    # promptfoo provider's config. Keys the suite's own params: sets are not here.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

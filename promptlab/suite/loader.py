@@ -18,6 +18,7 @@ from promptlab.errors import SKIP_HINT, InputError, Problems, Unsupported, locat
 from promptlab.files import read_text
 from promptlab.models import DEFAULT_MODEL
 from promptlab.models import sources as model_sources
+from promptlab.suite import providers as pf_providers
 from promptlab.suite.loaded import (
     CheckDef,
     LoadedOptimize,
@@ -30,11 +31,9 @@ from promptlab.suite.optimize_schema import OptimizeSpec
 from promptlab.suite.problems import validation_error
 from promptlab.suite.promptfoo import (
     _checked_transform,
-    _echo_models,
     _first,
     _flags,
     _ignored_top_notes,
-    _providers_note,
     _resolve_refs,
 )
 from promptlab.suite.schema import GRIDABLE, ModelSpec, Params, Suite
@@ -44,6 +43,11 @@ from promptlab.yamlio import YamlDoc, dotted, load_yaml
 
 
 class _Loader(Sources):
+    def __init__(self, path: Path, skip_unsupported: bool = False) -> None:
+        super().__init__(path, skip_unsupported)
+        # key (providers, targets) -> what each of its providers became, for the note
+        self.translated: dict[str, list[pf_providers.Translated]] = {}
+
     def tests(self, suite: Suite, doc: YamlDoc) -> list[TestDef]:
         skipped_before = len(self.skipped)
         vars_where = self.where(doc.line_of(("vars",)), "vars")
@@ -164,20 +168,13 @@ class _Loader(Sources):
         return loaded
 
     def models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:
-        echo, _ = _echo_models(suite) if not suite.models else ([], [])
-        specs = suite.models or echo or [ModelSpec(path=DEFAULT_MODEL)]
         out: list[ModelDef] = []
-        for i, spec in enumerate(specs):
-            if suite.models:
+        if suite.models:
+            for i, spec in enumerate(suite.models):
                 where = self.where(doc.line_of(("models", i)), f"models[{i}]")
-            elif echo:
-                where = self.where(
-                    doc.line_of(("providers",)) or doc.line_of(("targets",)), "providers"
-                )
-            else:
-                where = self.where(None, "models (default)")
-            label = spec.label or _model_label(spec)
-            out.append(ModelDef(label, spec, where))
+                out.append(ModelDef(spec.label or _model_label(spec), spec, where))
+        else:
+            out = self.provider_models(suite, doc) or [self.default_model()]
         labels = [m.label for m in out]
         for lab in labels:
             if labels.count(lab) > 1:
@@ -186,6 +183,55 @@ class _Loader(Sources):
                     hint="give each a distinct label:",
                 )
         return out
+
+    def provider_models(self, suite: Suite, doc: YamlDoc) -> list[ModelDef]:
+        """The models promptfoo's providers run as (suite/providers.py), plus the default model
+        in place of those that cannot run here; [] when none of them runs here."""
+        out: list[ModelDef] = []
+        for key in ("providers", "targets"):
+            at = self.where(doc.line_of((key,)), key)
+            found = self.attempt(
+                "models",
+                at,
+                partial(pf_providers.entries, getattr(suite, key), key, doc, self.path),
+            )
+            self.translated[key] = []
+            for p in found or []:
+                where = self.where(doc.line_of(p.loc), dotted(p.loc))
+                t = self.attempt(
+                    "models", where, partial(pf_providers.translate, p, doc, self.path)
+                )
+                if t is None:
+                    continue
+                self.translated[key].append(t)
+                if t.spec is None:
+                    continue
+                for name, why in pf_providers.ignored_entry_keys(p):
+                    self.ignore(where, f"a provider's {name}", why)
+                if t.ignored:
+                    cfg = (*p.loc, "config")
+                    self.notes.append(
+                        f"{self.where(doc.line_of(cfg), dotted(cfg))}: {', '.join(t.ignored)} "
+                        f"{'is' if len(t.ignored) == 1 else 'are'} ignored (promptlab has no "
+                        "equivalent setting)"
+                    )
+                params = t.params
+                overridden = [k for k in params if k in suite.params]
+                if overridden:
+                    params = {k: v for k, v in params.items() if k not in overridden}
+                    self.notes.append(
+                        f"{where}: {p.ident}'s {', '.join(overridden)} from config: give way to "
+                        "params:, which sets them for every model"
+                    )
+                out.append(ModelDef(t.spec.label or _model_label(t.spec), t.spec, where, params))
+        every = [t for ts in self.translated.values() for t in ts]
+        if out and any(t.kind == "replaced" for t in every):
+            out.append(self.default_model())
+        return out
+
+    def default_model(self) -> ModelDef:
+        spec = ModelSpec(path=DEFAULT_MODEL)
+        return ModelDef(_model_label(spec), spec, self.where(None, "models (default)"))
 
 
 def load_suite(
@@ -280,9 +326,9 @@ def load_suite(
     for key in ("providers", "targets"):
         if getattr(suite, key) is not None:
             where = location(path, doc.line_of((key,)))
-            notes.insert(0, _providers_note(where, key, getattr(suite, key), models, suite))
+            notes.insert(0, _providers_note(where, key, loader, models, model_override))
     for m in models:
-        longest = max(p.max_tokens for p in settings)
+        longest = max(m.params.get("max_tokens", p.max_tokens) for p in settings)
         if longest >= m.spec.n_ctx:
             loader.problems.append(
                 InputError(
@@ -323,6 +369,23 @@ def load_suite(
         skipped=loader.skipped,
         optimize=optimize,
     )
+
+
+def _providers_note(
+    where: str, key: str, loader: _Loader, models: list[ModelDef], override: str | None
+) -> str:
+    """What became of promptfoo's `providers:` (or `targets:`): what each runs as when they
+    chose the models, else that they are ignored for the models that run."""
+    translated = loader.translated.get(key)
+    if translated and not override and any(t.kind != "replaced" for t in translated):
+        default = next((m.label for m in models if m.spec.path == DEFAULT_MODEL), None)
+        return pf_providers.note(where, key, translated, default)
+    names = ", ".join(m.label for m in models)
+    noun = "model" if len(models) == 1 else "models"
+    text = f"{where}: {key}: is ignored; running the local {noun} {names} instead (--model picks another)"
+    if translated and not override:  # every one replaced: say why for those that look local
+        text += "".join(f"; {t.provider.ident}: {t.why}" for t in translated if t.why)
+    return text
 
 
 def _collected(problems: list[InputError], path: Path) -> InputError:

@@ -1,8 +1,8 @@
 """The promptfoo dialect: what promptlab translates, ignores with a note, or refuses.
 
 promptfoo's type aliases and CSV columns, its JavaScript one-liner transforms, `$ref` into
-assertionTemplates, the top-level keys that have no effect on a local run, and its providers
-(an `echo` provider runs as fake://echo; the others are replaced by the local models).
+assertionTemplates, and the top-level keys that have no effect on a local run. Its providers
+are suite/providers.py's.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 from promptlab import scoring
 from promptlab.errors import InputError, Unsupported, location
-from promptlab.models import DEFAULT_MODEL
 from promptlab.scoring import transforms
-from promptlab.suite.loaded import ModelDef, TestDef
-from promptlab.suite.schema import DefaultTestSpec, ModelSpec, Suite, TestSpec
+from promptlab.suite.loaded import TestDef
+from promptlab.suite.schema import DefaultTestSpec, Suite, TestSpec
 from promptlab.yamlio import YamlDoc, dotted
 
 # Top-level promptfoo keys that don't apply to a local run: accepted, and named in one note.
@@ -166,85 +165,6 @@ def _ignored_top_notes(suite: Suite, doc: YamlDoc, path: Path, repeat: int) -> l
             "(at temperature 0 the repeats give the same output)"
         )
     return notes
-
-
-# promptfoo's echo provider returns the prompt it was given. fake://echo does the same; this chat
-# template gives a chat prompt back as promptfoo would (its messages as JSON) and a plain prompt
-# as the text itself.
-_ECHO_CHAT = (
-    '{%- if messages|length == 1 and messages[0].role == "user" -%}{{ messages[0].content }}'
-    "{%- else -%}{{ messages|tojson(separators=(',', ':')) }}{%- endif -%}"
-)
-
-
-def _provider_ids(value: Any) -> list[tuple[str, str | None]]:
-    """(id, label) of each provider in promptfoo's forms: `id`, `[id, …]`, `[{id, label}]`,
-    `[{id: {label, config}}]` and `{id: {…}}`."""
-    if isinstance(value, str):
-        return [(value, None)]
-    if isinstance(value, dict):
-        items: list[Any] = [value] if "id" in value else [{k: v} for k, v in value.items()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return []
-    out: list[tuple[str, str | None]] = []
-    for item in items:
-        if isinstance(item, str):
-            out.append((item, None))
-        elif isinstance(item, dict) and isinstance(item.get("id"), str):
-            label = item.get("label")
-            out.append((item["id"], label if isinstance(label, str) else None))
-        elif isinstance(item, dict) and len(item) == 1:
-            ((ident, options),) = item.items()
-            label = options.get("label") if isinstance(options, dict) else None
-            out.append((str(ident), label if isinstance(label, str) else None))
-    return out
-
-
-def _echo_models(suite: Suite) -> tuple[list[ModelSpec], list[str]]:
-    """The models that promptfoo's providers become when the suite names no `models:`: each
-    `echo` provider runs as fake://echo; all the others together are replaced by the bundled
-    default model (one model, not one per remote provider). Returns the specs and the ids of
-    the providers that were replaced."""
-    echo: list[ModelSpec] = []
-    others: list[str] = []
-    for key in ("providers", "targets"):
-        for ident, label in _provider_ids(getattr(suite, key)):
-            if ident == "echo":
-                echo.append(
-                    ModelSpec(path="fake://echo", label=label or "echo", chat_template=_ECHO_CHAT)
-                )
-            else:
-                others.append(ident)
-    if not echo:
-        return [], others
-    return echo + ([ModelSpec(path=DEFAULT_MODEL)] if others else []), others
-
-
-def _providers_note(where: str, key: str, value: Any, models: list[ModelDef], suite: Suite) -> str:
-    names = ", ".join(m.label for m in models)
-    noun = "model" if len(models) == 1 else "models"
-    ignored = f"{where}: {key}: is ignored; running the local {noun} {names} instead (--model picks another)"
-    ids = [ident for ident, _ in _provider_ids(value)]
-    echo_ran = any(
-        m.spec.path == "fake://echo" and m.spec.chat_template == _ECHO_CHAT for m in models
-    )
-    if "echo" not in ids or not echo_ran:
-        return ignored
-    text = (
-        f"{where}: {key}: promptfoo's echo runs as the fake://echo model, which returns the "
-        "rendered prompt as promptfoo's echo does"
-    )
-    others = [ident for ident in ids if ident != "echo"]
-    if others:
-        local = [m.label for m in models if m.spec.path != "fake://echo"]
-        text += (
-            f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} ignored, running the "
-            f"local model {', '.join(local) or DEFAULT_MODEL} in {'its' if len(others) == 1 else 'their'} "
-            "place (--model picks another)"
-        )
-    return text
 
 
 def _resolve_refs(data: Any, doc: YamlDoc, path: Path) -> Any:

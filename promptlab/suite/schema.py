@@ -472,10 +472,13 @@ class Suite(Strict):
         ),
     ]
     providers: Any = Field(
-        default=None, description="promptfoo's providers; ignored: promptlab runs the local models"
+        default=None,
+        description="promptfoo's providers, read when models: is absent: ollama:…, openai:… with "
+        "config.apiBaseUrl and localai:… run that local model, echo runs as fake://echo; the "
+        "others are replaced by the default model, with a note",
     )
     targets: Any = Field(
-        default=None, description="promptfoo's other name for providers; ignored the same way"
+        default=None, description="promptfoo's other name for providers; read the same way"
     )
     vars: dict[str, Any] = Field(
         default_factory=dict,
