@@ -155,12 +155,12 @@ OTHER_TEXT = " Meanwhile, far to the south, a fishing boat came home late with a
 
 def verdict_file(path: Path, settings: LoadSettings, n_gpu_layers: int, widths: int) -> Path:
     # engine_id hashes the shared libraries once
-    from promptlab.models import cache_dir, engine_id, file_identity  # noqa: PLC0415
+    from promptlab.models import cache_dir, engine_id, model_file_identity  # noqa: PLC0415
 
     key = json.dumps(
         [
             PROBE_REVISION,
-            file_identity(path),
+            model_file_identity(path),  # every part of a split model
             engine_id(),
             n_gpu_layers,
             settings.flash_attn,

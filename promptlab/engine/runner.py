@@ -180,9 +180,9 @@ def model_identity(path: Path | str) -> str:
 
 
 def describe_sha(path: Path) -> str:
-    from promptlab.models import file_sha256  # noqa: PLC0415
+    from promptlab.models import model_sha256  # noqa: PLC0415 - covers every part of a split
 
-    return file_sha256(path)
+    return model_sha256(path)
 
 
 def _gen_to_json(gen: Generation, latency_ms: float) -> dict[str, Any]:

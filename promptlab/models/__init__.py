@@ -23,6 +23,7 @@ from typing import Any
 from promptlab import files
 from promptlab.errors import InputError
 from promptlab.models import sources as model_sources
+from promptlab.models import split
 from promptlab.models.gguf import GGUFInfo, read_gguf
 
 # Bump when GGUFInfo's cached form changes.
@@ -165,6 +166,10 @@ def resolve(spec: str, base: Path, where: str) -> Path:
             f"{where}: {path} is not a GGUF model file",
             hint="llama.cpp needs a .gguf file (convert with llama.cpp's convert_hf_to_gguf.py)",
         )
+    if split.shard_of(path.name) and len(split.parts(path, where, gguf_info(path))) > 1:
+        # Links left as they are: llama.cpp looks for the other parts beside the name it is
+        # given, and a hub snapshot links each part to a blob named by its hash.
+        return path.absolute()
     return path.resolve()
 
 
@@ -213,6 +218,28 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     _remember_sha(path, digest.hexdigest())
     return digest.hexdigest()
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files a model is: the path itself, or every part of a split GGUF, first part first."""
+    if split.shard_of(path.name) is None:  # no header read for the usual whole file
+        return [path]
+    return split.parts(path, "model", gguf_info(path))
+
+
+def model_sha256(path: Path) -> str:
+    """The content identity of a model: its file's sha256, or for a split GGUF the sha256 of its
+    parts' sha256 digests (hex, one per line, in part order), so a changed part changes it."""
+    paths = model_files(path)
+    if len(paths) == 1:
+        return file_sha256(path)
+    lines = "".join(f"{file_sha256(p)}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def model_file_identity(path: Path) -> str:
+    """A model version without hashing it: `file_identity` of every file it is made of."""
+    return ";".join(file_identity(p) for p in model_files(path))
 
 
 @functools.lru_cache(maxsize=1)
@@ -267,13 +294,15 @@ def gguf_info(path: Path) -> GGUFInfo:
 
 
 def describe(path: Path, info: GGUFInfo | None = None) -> dict[str, Any]:
-    """The model facts the manifest records (no llama.cpp needed)."""
+    """The model facts the manifest records (no llama.cpp needed). A split model is recorded
+    by its first part, with its total size, its `model_sha256`, and each part under `split`."""
     info = info or gguf_info(path)
-    return {
+    paths = model_files(path)
+    record: dict[str, Any] = {
         "path": str(path),
         "file_name": path.name,
-        "size_bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "size_bytes": sum(p.stat().st_size for p in paths),  # every part of a split model
+        "sha256": model_sha256(path),
         "architecture": info.architecture,
         "name": info.name,
         "quantization": info.quantization,
@@ -281,6 +310,12 @@ def describe(path: Path, info: GGUFInfo | None = None) -> dict[str, Any]:
         "n_ctx_train": info.n_ctx_train,
         "has_chat_template": info.chat_template is not None,
     }
+    if len(paths) > 1:
+        record["split"] = [
+            {"file_name": p.name, "size_bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in paths
+        ]
+    return record
 
 
 # --- discovery for `promptlab models` ------------------------------------------------------

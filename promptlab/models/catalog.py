@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.errors import PromptlabError
-from promptlab.models import BUNDLED, find_gguf_files, gguf_info, ollama, search_dirs
+from promptlab.models import BUNDLED, find_gguf_files, gguf_info, ollama, search_dirs, split
 from promptlab.models.gguf import GGUFInfo
 
 # `LLM_ARCH_NAMES` of the llama.cpp inside llama-cpp-python 0.3.36 (read from libllama.so's
@@ -114,6 +114,15 @@ def _row(name: str, path: Path, source: str, note: str = "", **extra: Any) -> Mo
             extra=extra,
         )
     why_not = _why_not(path, info)
+    if info.split_count > 1 and info.split_no == 0:  # listed once, as its first part
+        try:
+            parts = split.parts(path, path.name, info)
+        except PromptlabError as exc:
+            why_not = why_not or exc.message.removeprefix(f"{path.name}: ")
+        else:
+            size = sum(p.stat().st_size for p in parts)
+            extra["parts"] = len(parts)
+            note = ", ".join(bit for bit in (note, f"split in {len(parts)} parts") if bit)
     named = sorted(
         k.removeprefix("tokenizer.chat_template.")
         for k in info.metadata
@@ -148,6 +157,12 @@ def _why_not(path: Path, info: GGUFInfo) -> str | None:
     if arch not in KNOWN_ARCHITECTURES:
         return f"architecture {arch!r} is unknown to this llama.cpp"
     return None
+
+
+def _later_part(path: Path) -> bool:
+    """A later part of a split model whose first part is beside it: that part's row lists it."""
+    shard = split.shard_of(path.name)
+    return shard is not None and shard.number > 1 and path.with_name(shard.name(1)).is_file()
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -263,7 +278,7 @@ def _hub() -> Iterator[ModelRow]:
         for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
             pinned = "" if "main" in rev.refs else f"@{rev.commit_hash}"
             for f in sorted(rev.files, key=lambda f: str(f.file_path)):
-                if not f.file_name.lower().endswith(".gguf"):
+                if not f.file_name.lower().endswith(".gguf") or _later_part(f.file_path):
                     continue
                 inside = f.file_path.relative_to(rev.snapshot_path).as_posix()
                 name = f"hf://{repo.repo_id}/{inside}{pinned}"
@@ -282,6 +297,8 @@ def _lmstudio() -> Iterator[ModelRow]:
     for rel in LMSTUDIO_DIRS:
         root = Path.home() / rel
         for path in find_gguf_files([root], max_depth=4):
+            if _later_part(path):
+                continue
             yield _row(path.relative_to(root).with_suffix("").as_posix(), path, "lmstudio")
 
 
@@ -295,7 +312,7 @@ def list_models(project: Path) -> list[ModelRow]:
             if row.path is not None:
                 seen.add(Path(row.path).resolve())
     for path in find_gguf_files(search_dirs(project)):
-        if path.resolve() not in seen:
+        if path.resolve() not in seen and not _later_part(path):
             seen.add(path.resolve())
             rows.append(_row(path.stem, path, "file"))
     return rows

@@ -111,6 +111,18 @@ class GGUFInfo:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) and value else None
 
+    @property
+    def split_count(self) -> int:
+        """How many files the model is split into (llama.cpp's gguf-split): 1 for a whole file."""
+        count = _int(self.metadata.get("split.count"))
+        return count if count is not None and count > 1 else 1
+
+    @property
+    def split_no(self) -> int | None:
+        """Which part of a split model this file is, from 0 (the part that holds the model's
+        metadata, and the one llama.cpp is given); None for a whole file."""
+        return _int(self.metadata.get("split.no")) if self.split_count > 1 else None
+
     def token(self, key: str) -> str | None:
         token_id = _int(self.metadata.get(f"tokenizer.ggml.{key}_token_id"))
         return self.token_text.get(token_id) if token_id is not None else None

@@ -6,6 +6,10 @@ downloads show the library's own progress bar. The cache is always asked first
 (`local_files_only=True`): a model that is already there resolves without a network call, so a
 run is reproducible on a plane. The commit the file came from is pinned in the run manifest.
 
+A split model (NAME-00001-of-00003.gguf, see split.py) resolves to its first part once every
+part is in the cache: the shorthand picks the split as one model, naming the first part fetches
+the others, and they all come from the first part's commit.
+
 `huggingface_hub` is imported only in models/ (here, and by catalog.py to list the hub cache) and
 only when an `hf://` model is resolved or listed: it costs ~0.25 s of start-up that
 `promptlab --help`, and any run without an hf:// model, must not pay.
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptlab.errors import BackendError, InputError
+from promptlab.models import split
+from promptlab.models.gguf import read_gguf
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -75,20 +81,37 @@ def quant_matches(filename: str, quant: str) -> bool:
 
 
 def _pick(ref: Ref, files: list[str], where: str, place: str) -> str | None:
-    """The one .gguf file carrying the quant; None when there is none (error if several)."""
+    """The one model carrying the quant: its .gguf file, or the first part's name when it is
+    split in parts (NAME-00001-of-00003.gguf); None when there is none (error if several)."""
     assert ref.quant is not None
-    hits = sorted(f for f in files if f.lower().endswith(".gguf") and quant_matches(f, ref.quant))
-    if len(hits) > 1:
+    models: dict[str, list[str]] = {}  # a model's file (a split's first part) → its files
+    for f in sorted(files):
+        if f.lower().endswith(".gguf") and quant_matches(f, ref.quant):
+            shard = split.shard_of(f)
+            models.setdefault(shard.name(1) if shard else f, []).append(f)
+    if len(models) > 1:
+        names = [
+            n + (f" ({len(fs)} parts)" if split.shard_of(n) else "") for n, fs in models.items()
+        ]
         raise InputError(
-            f"{where}: {len(hits)} files in {ref.repo} {place} carry {ref.quant}: {', '.join(hits[:8])}",
-            hint=f"name one: hf://{ref.repo}/{hits[0]}"
-            + (" (split GGUF files are not supported yet)" if _split(hits) else ""),
+            f"{where}: {len(models)} models in {ref.repo} {place} carry {ref.quant}: "
+            + ", ".join(names[:8]),
+            hint=f"name one: hf://{ref.repo}/{next(iter(models))}",
         )
-    return hits[0] if hits else None
+    return next(iter(models), None)
 
 
-def _split(files: list[str]) -> bool:
-    return any(re.search(r"-\d{5}-of-\d{5}\.gguf$", f, re.IGNORECASE) for f in files)
+def _count(filename: str) -> int:
+    shard = split.shard_of(filename)
+    return shard.count if shard else 1
+
+
+def _missing(filename: str, files: list[str]) -> list[str]:
+    """The parts of a split model's first part `filename` that `files` lacks (none for a file
+    not named as a part: the first part's header decides once it is here)."""
+    shard = split.shard_of(filename)
+    present = set(files)
+    return [n for n in shard.names if n not in present] if shard else []
 
 
 def _cached_files(repo: str, revision: str) -> tuple[str, list[str]] | None:
@@ -153,45 +176,109 @@ def _quiet_library() -> Iterator[None]:
 
 
 def _resolve(ref: Ref, where: str) -> Path:
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415
-    from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: PLC0415
-
     filename = ref.file
     revision = ref.revision
-    if filename is None:
+    if filename is not None:
+        shard = split.shard_of(filename)
+        # Told by the name, before a download: a later part of a 50 GB model is not fetched
+        # only to be refused (llama.cpp loads a split only from its first part).
+        if shard is not None and shard.number != 1:
+            head = Ref(ref.repo, shard.name(1), None, ref.revision)
+            raise InputError(
+                f"{where}: {ref.display} is {split.not_first(shard)}",
+                hint=f"name its first part, {head.display}: promptlab downloads the others",
+            )
+    else:
         cached = _cached_files(ref.repo, revision)
+        partial = False
         if cached is not None:
-            filename = _pick(ref, cached[1], where, f"(cached commit {cached[0][:12]})")
-            revision = cached[0] if filename else revision
+            name = _pick(ref, cached[1], where, f"(cached commit {cached[0][:12]})")
+            # A split model with parts missing from the cache goes to the hub's listing below.
+            partial = name is not None and bool(_missing(name, cached[1]))
+            if name is not None and not partial:
+                filename, revision = name, cached[0]
         if filename is None:
+            if _offline() and partial:
+                raise InputError(
+                    f"{where}: the hub cache holds only some parts of {ref.display}, and "
+                    "HF_HUB_OFFLINE is set",
+                    hint="unset HF_HUB_OFFLINE to download the others",
+                )
             if _offline():
                 raise InputError(
                     f"{where}: no cached file of {ref.repo} carries {ref.quant}, and HF_HUB_OFFLINE is set",
                     hint="unset HF_HUB_OFFLINE to download it, or name a cached file",
                 )
-            info = _api().model_info(ref.repo, revision=revision)
-            files = [s.rfilename for s in info.siblings or []]
-            filename = _pick(ref, files, where, f"at {revision}")
-            if filename is None:
-                ggufs = [f for f in files if f.lower().endswith(".gguf")]
-                raise InputError(
-                    f"{where}: no .gguf file in {ref.repo} at {revision} carries {ref.quant}",
-                    hint=f"its GGUF files: {', '.join(ggufs[:10])}"
-                    if ggufs
-                    else "the repository holds no .gguf files",
-                )
+            filename = _listed(ref, revision, where)
             # Downloaded at the revision asked for, not the listing's commit, so the library
             # records refs/<revision> and the shorthand resolves offline next time; the commit
             # the file came from is what the manifest pins.
+    first = _fetch(ref, filename, revision, where)
+    shard = split.shard_of(filename)
+    if shard is None:
+        return first
+    info = read_gguf(first)
+    if info.split_count == 1:  # a whole model named like a part: llama.cpp loads it alone
+        return first
+    split.check_part(first, shard, info, where)
+    # The other parts from the commit the first came from, so a push in between never mixes two
+    # revisions of one model; they land in the same snapshot folder, beside the first.
+    commit = commit_of(first) or revision
+    for number, name in enumerate(shard.names[1:], start=2):
+        _fetch(ref, name, commit, where, part=(number, shard.count))
+    split.parts(first, where, info)  # every part's header says the part its name says
+    return first
+
+
+def _listed(ref: Ref, revision: str, where: str) -> str:
+    """The file of the model the shorthand names, from the hub's listing of the repository."""
+    info = _api().model_info(ref.repo, revision=revision)
+    files = [s.rfilename for s in info.siblings or []]
+    filename = _pick(ref, files, where, f"at {revision}")
+    if filename is None:
+        ggufs = [f for f in files if f.lower().endswith(".gguf")]
+        raise InputError(
+            f"{where}: no .gguf file in {ref.repo} at {revision} carries {ref.quant}",
+            hint=f"its GGUF files: {', '.join(ggufs[:10])}"
+            if ggufs
+            else "the repository holds no .gguf files",
+        )
+    missing = _missing(filename, files)
+    if missing:
+        raise InputError(
+            f"{where}: {ref.display} is a split GGUF model in {_count(filename)} parts, and "
+            f"{ref.repo} at {revision} lacks {', '.join(missing)}",
+            hint="pick another quant, or ask the repository's owner to upload the missing parts",
+        )
+    return filename
+
+
+def _fetch(
+    ref: Ref, filename: str, revision: str, where: str, part: tuple[int, int] | None = None
+) -> Path:
+    """One file from the hub cache, or downloaded into it (`part`: which part of a split)."""
+    from huggingface_hub import hf_hub_download  # noqa: PLC0415
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError  # noqa: PLC0415
+
+    what = f"part {part[0]} of {part[1]} of {ref.display} ({filename})" if part else ref.display
     try:
         return Path(hf_hub_download(ref.repo, filename, revision=revision, local_files_only=True))
     except LocalEntryNotFoundError:
         if _offline():
             raise InputError(
-                f"{where}: {ref.display} is not in the hub cache, and HF_HUB_OFFLINE is set",
+                f"{where}: {what} is not in the hub cache, and HF_HUB_OFFLINE is set",
                 hint="unset HF_HUB_OFFLINE to download it",
             ) from None
-    return Path(hf_hub_download(ref.repo, filename, revision=revision))
+    try:
+        return Path(hf_hub_download(ref.repo, filename, revision=revision))
+    except RemoteEntryNotFoundError:
+        if part is None:
+            raise  # _error names the file the reference names
+        raise InputError(
+            f"{where}: {ref.display} is a split GGUF model in {part[1]} parts, and {ref.repo} "
+            f"has no {filename} at {revision[:12]}",
+            hint="pick another quant or file, or ask the repository's owner to upload it",
+        ) from None
 
 
 def _error(ref: Ref, exc: Exception, where: str) -> Exception:
@@ -247,13 +334,16 @@ def facts(ref: Ref, path: Path) -> dict[str, Any]:
     if file is None and commit is not None:
         after = path.parts[path.parts.index(commit) + 1 :]
         file = "/".join(after)
-    return {
-        "source": "hf",
-        "hf": {
-            "repo": ref.repo,
-            "file": file,
-            "quant": ref.quant,
-            "revision": ref.revision,
-            "commit": commit,
-        },
+    record: dict[str, Any] = {
+        "repo": ref.repo,
+        "file": file,
+        "quant": ref.quant,
+        "revision": ref.revision,
+        "commit": commit,
     }
+    if file is not None and split.shard_of(path.name):
+        paths = split.parts(path, "model")
+        if len(paths) > 1:  # every part came from `commit` (see _resolve)
+            folder = file.rpartition("/")[0]
+            record["parts"] = [f"{folder}/{p.name}" if folder else p.name for p in paths]
+    return {"source": "hf", "hf": record}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.errors import InputError
-from promptlab.models import hub, ollama
+from promptlab.models import hub, ollama, split
 
 
 def is_source(spec: str) -> bool:
@@ -44,6 +44,7 @@ def default_label(spec: str) -> str | None:
         except InputError:
             return None  # resolving reports it, naming the suite's line
         if ref.file:
-            return Path(ref.file).stem
+            shard = split.shard_of(Path(ref.file).name)  # a split model is named, not its part
+            return shard.prefix if shard else Path(ref.file).stem
         return f"{ref.repo.rsplit('/', 1)[-1]}:{ref.quant}"
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -20,6 +21,7 @@ def header_gguf(
     file_type: int = 15,  # Q4_K_M
     layers: int = 3,
     chat_template: str | None = None,
+    split: tuple[int, int] | None = None,  # (split.no, split.count): a part of a split model
 ) -> Path:
     """A header-only GGUF v3 file: enough for `promptlab models` and `validate`, not to load."""
 
@@ -33,6 +35,12 @@ def header_gguf(
     ]
     if chat_template is not None:
         kv.append(("tokenizer.chat_template", 8, s(chat_template)))
+    if split is not None:
+        kv += [
+            ("split.no", 2, struct.pack("<H", split[0])),
+            ("split.count", 2, struct.pack("<H", split[1])),
+            ("split.tensors.count", 5, struct.pack("<i", 0)),
+        ]
     body = b"".join(s(k) + struct.pack("<I", t) + v for k, t, v in kv)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + body)
@@ -117,3 +125,36 @@ def ollama_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest))
     return path
+
+
+def split_gguf(src: Path, dest: Path, parts: int = 2) -> list[Path]:
+    """A real split of a GGUF model, written by gguf-py's GGUFWriter as convert_hf_to_gguf.py
+    writes one (`--split-max-tensors`): `dest`'s stem + `-0000N-of-0000M.gguf`, every tensor
+    copied, split.no/split.count/split.tensors.count in each part and the metadata in the first.
+    Returns the parts in order."""
+    import gguf  # the dev extra; imported here so the other model tests never load it
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field("general.architecture")
+    assert arch is not None
+    per_part = math.ceil(len(reader.tensors) / parts)
+    writer = gguf.GGUFWriter(dest, str(arch.contents()), split_max_tensors=per_part)
+    for f in reader.fields.values():
+        # GGUFWriter writes the architecture itself; GGUF.* are the reader's virtual fields.
+        if f.name == "general.architecture" or f.name.startswith("GGUF."):
+            continue
+        kind = f.types[0]
+        sub = f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), kind, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    writer.close()
+    names = writer.format_shard_names(dest)
+    assert len(names) == parts, names
+    return names

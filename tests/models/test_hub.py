@@ -1,10 +1,5 @@
-"""`hf://` models through the real huggingface_hub client, against a hub served from this test.
-
-The server answers the endpoints huggingface_hub 2.4 calls: HEAD and GET on
-`/{repo}/resolve/{revision}/{file}` (X-Repo-Commit, ETag and Content-Length, as the hub sends them)
-and `/api/models/{repo}/revision/{revision}` for listing a repo. promptlab runs in a subprocess
-because huggingface_hub reads HF_ENDPOINT and HF_HOME when it is imported.
-"""
+"""`hf://` models through the real huggingface_hub client, against a hub served from this test
+(hub_server.py). Split models have their own file, test_hub_split.py."""
 
 from __future__ import annotations
 
@@ -13,128 +8,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
+from hub_server import COMMIT, TOKEN, Hub, Repo, env_for, promptlab
 from model_stores import header_gguf
 
 from promptlab.errors import InputError
-from promptlab.models import BUNDLED, file_sha256, hub
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-TOKEN = "hf_promptlab_test_token"
-
-
-@dataclass
-class Repo:
-    sha: str
-    files: dict[str, Path]  # path in the repo → the local file served
-
-
-@dataclass
-class Hub:
-    """A hub endpoint on 127.0.0.1 that serves `repos` and logs every request."""
-
-    repos: dict[str, Repo]
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        hub_ = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self.answer(body=False)
-
-            def do_GET(self) -> None:
-                self.answer(body=True)
-
-            def answer(self, body: bool) -> None:
-                path = unquote(urlsplit(self.path).path)
-                hub_.requests.append((self.command, path, self.headers.get("authorization")))
-                parts = path.strip("/").split("/")
-                if parts[:2] == ["api", "models"]:
-                    self.listing(parts[2:])
-                    return
-                if len(parts) >= 5 and parts[2] == "resolve":
-                    self.resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), body)
-                    return
-                self.fail(404, "RepoNotFound")
-                return
-
-            def listing(self, parts: list[str]) -> None:
-                repo = hub_.repos.get("/".join(parts[:2]))
-                if repo is None:
-                    self.fail(404, "RepoNotFound")
-                    return
-                if parts[2:3] == ["revision"] and parts[3] not in ("main", repo.sha):
-                    self.fail(404, "RevisionNotFound")
-                    return
-                data = json.dumps(
-                    {
-                        "id": "/".join(parts[:2]),
-                        "sha": repo.sha,
-                        "siblings": [{"rfilename": name} for name in sorted(repo.files)],
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def resolve(self, repo_id: str, revision: str, name: str, body: bool) -> None:
-                repo = hub_.repos.get(repo_id)
-                if repo is None:
-                    self.fail(404, "RepoNotFound")
-                    return
-                if revision not in ("main", repo.sha):
-                    self.fail(404, "RevisionNotFound")
-                    return
-                if name not in repo.files:
-                    self.fail(404, "EntryNotFound", commit=repo.sha)
-                    return
-                local = repo.files[name]
-                size = local.stat().st_size
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", repo.sha)
-                self.send_header("ETag", f'"{file_sha256(local)}"')  # an LFS file's ETag
-                self.send_header("Content-Length", str(size))
-                self.end_headers()
-                if body:
-                    with local.open("rb") as f:
-                        while block := f.read(1 << 20):
-                            self.wfile.write(block)
-
-            def fail(self, status: int, code: str, commit: str | None = None) -> None:
-                self.send_response(status)
-                self.send_header("X-Error-Code", code)
-                if commit:
-                    self.send_header("X-Repo-Commit", commit)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        assert self.server is not None
-        self.server.shutdown()
-        self.server.server_close()
+from promptlab.models import BUNDLED, hub
 
 
 @pytest.fixture
@@ -142,6 +24,8 @@ def served(tmp_path: Path) -> Iterator[Hub]:
     files = tmp_path / "served"
     tiny = header_gguf(files / "tiny-Q4_K_M.gguf")
     other = header_gguf(files / "tiny-Q8_0.gguf", file_type=7)
+    part1 = header_gguf(files / "part1.gguf", file_type=17, split=(0, 2))
+    part2 = header_gguf(files / "part2.gguf", file_type=17, split=(1, 2))
     server = Hub(
         {
             "acme/tiny-GGUF": Repo(
@@ -149,8 +33,10 @@ def served(tmp_path: Path) -> Iterator[Hub]:
                 {
                     "tiny-Q4_K_M.gguf": tiny,
                     "tiny-Q8_0.gguf": other,
-                    "sub/tiny-Q5_K_M-00001-of-00002.gguf": other,
-                    "sub/tiny-Q5_K_M-00002-of-00002.gguf": other,
+                    "sub/tiny-Q5_K_M-00001-of-00002.gguf": part1,
+                    "sub/tiny-Q5_K_M-00002-of-00002.gguf": part2,
+                    "tiny-Q6_K.gguf": other,
+                    "tiny-Q6_K-imatrix.gguf": other,
                     "README.md": tiny,
                 },
             )
@@ -160,35 +46,6 @@ def served(tmp_path: Path) -> Iterator[Hub]:
     yield server
     if server.server is not None and server.server.socket.fileno() != -1:
         server.stop()
-
-
-def env_for(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_TOKEN=TOKEN,
-        HF_HUB_DISABLE_TELEMETRY="1",
-        PROMPTLAB_CACHE=str(tmp_path / "cache"),
-        HOME=str(tmp_path / "home"),
-        PYTHONPATH=str(Path(__file__).resolve().parents[2]),  # the repository root
-        **extra,
-    )
-    return env
-
-
-def promptlab(
-    *args: str | Path, env: dict[str, str], cwd: Path, timeout: int = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "promptlab", *(str(a) for a in args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def suite(tmp_path: Path, model: str, name: str = "s.yaml") -> Path:
@@ -378,7 +235,7 @@ def test_hub_errors_are_one_line(served: Hub, tmp_path: Path) -> None:
             "hf://acme/tiny-GGUF/missing.gguf",
             "hf://acme/tiny-GGUF/tiny-Q8_0.gguf@nope",
             "hf://acme/tiny-GGUF:Q2_K",
-            "hf://acme/tiny-GGUF:Q5_K_M",
+            "hf://acme/tiny-GGUF:Q6_K",
         ],
         env,
         tmp_path,
@@ -403,14 +260,13 @@ def test_hub_errors_are_one_line(served: Hub, tmp_path: Path) -> None:
             "code": 2,
             "error": "models[0]: no .gguf file in acme/tiny-GGUF at main carries Q2_K; its GGUF "
             "files: sub/tiny-Q5_K_M-00001-of-00002.gguf, sub/tiny-Q5_K_M-00002-of-00002.gguf, "
-            "tiny-Q4_K_M.gguf, tiny-Q8_0.gguf",
+            "tiny-Q4_K_M.gguf, tiny-Q6_K-imatrix.gguf, tiny-Q6_K.gguf, tiny-Q8_0.gguf",
         },
-        "hf://acme/tiny-GGUF:Q5_K_M": {
+        "hf://acme/tiny-GGUF:Q6_K": {
             "code": 2,
-            "error": "models[0]: 2 files in acme/tiny-GGUF at main carry Q5_K_M: "
-            "sub/tiny-Q5_K_M-00001-of-00002.gguf, sub/tiny-Q5_K_M-00002-of-00002.gguf; name one: "
-            "hf://acme/tiny-GGUF/sub/tiny-Q5_K_M-00001-of-00002.gguf (split GGUF files are not "
-            "supported yet)",
+            "error": "models[0]: 2 models in acme/tiny-GGUF at main carry Q6_K: "
+            "tiny-Q6_K-imatrix.gguf, tiny-Q6_K.gguf; name one: "
+            "hf://acme/tiny-GGUF/tiny-Q6_K-imatrix.gguf",
         },
     }
     offline = resolve_all([FILE, QUANT], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)

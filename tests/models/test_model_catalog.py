@@ -85,7 +85,12 @@ def sources(tmp_path: Path) -> dict[str, str]:
     hub_cache(
         tmp_path / "hf" / "hub",
         "acme/tiny-GGUF",
-        {"tiny-Q8_0.gguf": header_gguf(src / "q8.gguf", file_type=7), "README.md": qwen},
+        {
+            "tiny-Q8_0.gguf": header_gguf(src / "q8.gguf", file_type=7),
+            "README.md": qwen,
+            "sub/tiny-Q5_K_M-00001-of-00002.gguf": header_gguf(src / "p1.gguf", split=(0, 2)),
+            "sub/tiny-Q5_K_M-00002-of-00002.gguf": header_gguf(src / "p2.gguf", split=(1, 2)),
+        },
     )
     lms = home / ".lmstudio" / "models" / "lmstudio-community" / "Gemma-GGUF"
     header_gguf(lms / "gemma-Q4_K_M.gguf", arch="gemma3", layers=18)
@@ -96,6 +101,9 @@ def sources(tmp_path: Path) -> dict[str, str]:
     (project / ".git").mkdir(parents=True)
     header_gguf(project / "weights" / "alien.gguf", arch="notanarch")
     header_gguf(project / "weights" / "big-00002-of-00003.gguf", arch="llama")
+    for i in (1, 2, 3):
+        header_gguf(project / "weights" / f"three-0000{i}-of-00003.gguf", split=(i - 1, 3))
+    header_gguf(project / "weights" / "half-00001-of-00002.gguf", split=(0, 2))
     (project / "weights" / "broken.gguf").write_bytes(b"GGUF\x03\x00")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OLLAMA_"))}
@@ -151,6 +159,13 @@ def test_json_lists_every_source(sources: dict[str, str], tmp_path: Path) -> Non
     assert hf["source"] == "hf"
     assert (hf["quantization"], hf["runnable"], hf["extra"]["commit"]) == ("Q8_0", True, COMMIT)
     assert "hf://acme/tiny-GGUF/README.md" not in rows
+    # A split model is one row, its first part's, with every part's size.
+    split = rows["hf://acme/tiny-GGUF/sub/tiny-Q5_K_M-00001-of-00002.gguf"]
+    parts = [tmp_path / "src" / f"p{i}.gguf" for i in (1, 2)]
+    assert split["size_bytes"] == sum(p.stat().st_size for p in parts)
+    assert (split["runnable"], split["extra"]["parts"]) == (True, 2)
+    assert split["note"] == f"commit {COMMIT[:12]} (main), split in 2 parts"
+    assert not [n for n in rows if "00002-of-00002" in n]
 
     gemma = rows["lmstudio-community/Gemma-GGUF/gemma-Q4_K_M"]
     assert (gemma["source"], gemma["architecture"], gemma["runnable"]) == (
@@ -166,6 +181,17 @@ def test_json_lists_every_source(sources: dict[str, str], tmp_path: Path) -> Non
     assert rows["alien"]["why_not"] == "architecture 'notanarch' is unknown to this llama.cpp"
     assert rows["big-00002-of-00003"]["why_not"] == ("part 2 of 3 of a split GGUF: load part 1")
     assert rows["broken"]["why_not"] == "not a readable GGUF file"
+    three = rows["three-00001-of-00003"]
+    assert (three["runnable"], three["note"], three["extra"]["parts"]) == (
+        True,
+        "split in 3 parts",
+        3,
+    )
+    assert not [n for n in rows if n.startswith("three-0000") and n != "three-00001-of-00003"]
+    assert rows["half-00001-of-00002"]["why_not"] == (
+        "half-00001-of-00002.gguf is part 1 of 2 of a split GGUF model, and part 2 "
+        "(half-00002-of-00002.gguf) is not beside it"
+    )
     assert "truncated" in rows["broken"]["note"]
     # The hub cache and LM Studio folders are also GGUF search dirs: each file is listed once.
     assert len([n for n in rows if "tiny-Q8_0" in n]) == 1
