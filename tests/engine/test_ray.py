@@ -224,7 +224,7 @@ def test_the_fake_crash_marks_beside_its_rules_and_only_once(tmp_path: Path) -> 
     assert second.stdout.splitlines() == ["hello there", "the world"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rules.json", "rules.json.crashed"]
     settings = LoadSettings(None, 64, 64, 1, 1, False, 0)
-    with pytest.raises(InputError, match="crash_after needs rules mode"):
+    with pytest.raises(InputError, match="crash_after and barrier need rules mode"):
         open_backend("fake://echo?crash_after=1", settings)
 
 
