@@ -209,9 +209,9 @@ class Comparison:
 
     def to_frame(self) -> DataFrame:
         """compare.csv: one row per cell pair, read back as pandas reads that file."""
-        from promptlab.reports import compare as cmp  # noqa: PLC0415
+        from promptlab.reports.compare_report import to_csv  # noqa: PLC0415
 
-        return _read_csv(cmp.to_csv(self.details))
+        return _read_csv(to_csv(self.details))
 
     @property
     def variants(self) -> DataFrame:

@@ -40,7 +40,7 @@ def report(
     from promptlab import console, core
     from promptlab.engine.store import read_manifest
     from promptlab.reports import gates
-    from promptlab.reports.compare import project_of
+    from promptlab.reports.baseline import project_of
 
     gate_opts = gates.prepare(fail_under, max_regression, baseline, project_of(folder))
     reports = core.report(folder, spreadsheet=spreadsheet)
@@ -113,9 +113,9 @@ def baseline_set(run_folder: Annotated[Path, typer.Argument(help="A run folder")
     """Make RUN the project's baseline (.promptlab/baseline.json)."""
     from promptlab import console
     from promptlab.files import find_project_root
-    from promptlab.reports import compare as cmp
+    from promptlab.reports.baseline import set_baseline
 
-    file = cmp.set_baseline(run_folder, find_project_root(Path.cwd()))
+    file = set_baseline(run_folder, find_project_root(Path.cwd()))
     console.out.print(console.escape(f"baseline: {run_folder} (stored in {file})"))
     return 0
 
@@ -125,14 +125,14 @@ def baseline_show() -> int:
     """Print the baseline run."""
     from promptlab import console
     from promptlab.files import find_project_root
-    from promptlab.reports import compare as cmp
+    from promptlab.reports.baseline import get_baseline, read_baseline
 
     root = find_project_root(Path.cwd())
-    path = cmp.get_baseline(root)
+    path = get_baseline(root)
     if path is None:
         console.err.print("no baseline set (promptlab baseline set RUN)", markup=False)
         return 0
-    record = cmp.read_baseline(root) or {}
+    record = read_baseline(root) or {}
     console.out.print(console.escape(str(path)))
     console.err.print(
         console.escape(
@@ -147,8 +147,8 @@ def baseline_clear() -> int:
     """Forget the baseline."""
     from promptlab import console
     from promptlab.files import find_project_root
-    from promptlab.reports import compare as cmp
+    from promptlab.reports.baseline import clear_baseline
 
-    removed = cmp.clear_baseline(find_project_root(Path.cwd()))
+    removed = clear_baseline(find_project_root(Path.cwd()))
     console.out.print("baseline cleared" if removed else "no baseline was set")
     return 0

@@ -105,7 +105,7 @@ def run(
     from promptlab.files import find_project_root
     from promptlab.plan import Selection
     from promptlab.reports import gates
-    from promptlab.reports.compare import project_of
+    from promptlab.reports.baseline import project_of
 
     argv = command_line()
     if ray is not None:  # before any planning: a missing Ray is one line, exit 2

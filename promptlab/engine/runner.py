@@ -1,42 +1,33 @@
-# Over 600 lines: the run loop and the model access it lends to checks share handles and cache.
-"""Execute a plan: load each model once, run its cells in order, score, and stream rows to disk."""
+"""Execute a plan: load each model once, run its cells in order, score, and stream rows to disk.
+
+A model is reached through a handle (engine/handles.py: loaded on first use, generations through
+the result cache); checks that need a model get it from RunServices (engine/services.py).
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from promptlab import scoring
-from promptlab.backends import (
-    DECODE_REVISION,
-    Backend,
-    CellError,
-    ChoiceScore,
-    Generation,
-    GenRequest,
-    LoadSettings,
-    Sampling,
-    TokenLogprob,
-    json_schema_to_grammar,
-    open_backend,
+from promptlab.backends import Backend, CellError, Generation, GenRequest, open_backend
+from promptlab.backends.server import ServerSpec
+from promptlab.engine.cache import Cache
+from promptlab.engine.handles import (
+    ModelHandle,
+    Opener,
+    cached_generation,
+    model_record,
+    remember_generation,
 )
-from promptlab.backends.server import ServerSpec, server_identity
-from promptlab.engine.cache import Cache, make_key
 from promptlab.engine.servers import require_choice_support
+from promptlab.engine.services import RunServices
 from promptlab.engine.store import RunWriter
 from promptlab.errors import InputError
-from promptlab.models import describe, engine_id
-from promptlab.models.sources import source_record
-from promptlab.plan import Cell, Plan, PlannedModel, schedule
-from promptlab.templates import Message
-
-# (path, settings, embedding) -> a loaded backend; tests substitute their own.
-Opener = Callable[[Any, LoadSettings, bool], Backend]
+from promptlab.plan import Cell, Plan, schedule
 
 
 class Progress(Protocol):
@@ -98,307 +89,6 @@ class Stats:
             "reused": reused,
             "reused_share": round(reused / self.prompt_tokens, 4) if self.prompt_tokens else 0.0,
         }
-
-
-def model_record(model: PlannedModel) -> dict[str, Any]:
-    """Static facts about a model for the manifest (file facts, settings, chat template)."""
-    record: dict[str, Any] = {"label": model.label, "spec": model.spec_path}
-    if model.gguf is not None and isinstance(model.path, Path):
-        record.update(describe(model.path, model.gguf))
-        record.update(source_record(model.spec_path, model.path))
-    else:
-        record["path"] = str(model.path)
-    record["chat_template_source"] = model.chat_source
-    record["load_settings"] = model.settings.as_dict()
-    return record
-
-
-class ModelHandle:
-    """A model that loads on first use: a rerun served from the cache never loads it."""
-
-    def __init__(
-        self,
-        model: PlannedModel,
-        opener: Opener,
-        *,
-        embedding: bool = False,
-        before_load: Callable[[], None] | None = None,
-        after_load: Callable[[Backend, float], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.opener = opener
-        self.embedding = embedding
-        self.before_load = before_load
-        self.after_load = after_load
-        self._backend: Backend | None = None
-        self._identity: str | None = None
-        # False for a server model its server does not list: nothing identifies its results.
-        self.cacheable = True
-
-    @property
-    def loaded(self) -> bool:
-        return self._backend is not None
-
-    def get(self) -> Backend:
-        if self._backend is None:
-            if self.before_load:
-                self.before_load()
-            t0 = time.perf_counter()
-            self._backend = self.opener(self.model.path, self.model.settings, self.embedding)
-            if self.after_load:
-                self.after_load(self._backend, (time.perf_counter() - t0) * 1000)
-        return self._backend
-
-    def identity(self) -> dict[str, Any]:
-        """What the cache keys on for this model: file and build, and the load settings."""
-        if self._identity is None:
-            path = self.model.path
-            if isinstance(path, ServerSpec):  # asks the server what it serves
-                server = server_identity(path)
-                self._identity, self.cacheable = server.key, server.cacheable
-            else:
-                self._identity = model_identity(path)
-        return {
-            "model": self._identity,
-            "load": self.model.settings.result_key(),
-            "decode": DECODE_REVISION,
-            "embedding": self.embedding,
-        }
-
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-
-
-def model_identity(path: Path | str) -> str:
-    """The model part of every cache key: file sha256 and llama.cpp build (the spec for fake://
-    models). Ray actors report theirs, so a node with another file or build is refused."""
-    if isinstance(path, str):
-        return path
-    return f"{describe_sha(path)}|{engine_id()}"
-
-
-def describe_sha(path: Path) -> str:
-    from promptlab.models import model_sha256  # noqa: PLC0415 - covers every part of a split
-
-    return model_sha256(path)
-
-
-def _gen_to_json(gen: Generation, latency_ms: float) -> dict[str, Any]:
-    data = asdict(gen)
-    data["latency_ms"] = latency_ms
-    return data
-
-
-def _gen_from_json(data: dict[str, Any]) -> tuple[Generation, float]:
-    data = dict(data)
-    latency = float(data.pop("latency_ms", 0.0))
-    tokens = data.pop("tokens", None)
-    gen = Generation(**data)
-    if tokens is not None:
-        gen.tokens = [
-            TokenLogprob(t["text"], t["logprob"], tuple((a, lp) for a, lp in t["top"]))
-            for t in tokens
-        ]
-    return gen, latency
-
-
-def _generation_key(handle: ModelHandle, request: GenRequest) -> str:
-    # Chat requests to a server key on their messages; other keys stay as they were.
-    chat = {"messages": request.messages} if request.messages is not None else {}
-    return make_key(
-        kind="generate",
-        **handle.identity(),
-        text=request.text,
-        add_bos=request.add_bos,
-        sampling=asdict(request.sampling),
-        grammar=request.grammar,
-        logprobs=request.logprobs,
-        **chat,
-    )
-
-
-def choices_key(
-    identity: dict[str, Any], context: str, add_bos: bool, choices: Sequence[str]
-) -> str:
-    """The cache key of one choice scoring (shared with distributed/driver.py, which looks it
-    up before sending the scoring to a Ray actor)."""
-    return make_key(
-        kind="choices", **identity, text=context, add_bos=add_bos, choices=list(choices)
-    )
-
-
-def cached_generation(
-    cache: Cache | None, handle: ModelHandle, request: GenRequest
-) -> tuple[Generation, float] | None:
-    """(generation, latency ms) from the result cache, without loading the model."""
-    if cache is None:
-        return None
-    key = _generation_key(handle, request)
-    if not handle.cacheable:
-        return None
-    hit = cache.get("generate", key)
-    if hit is None:
-        return None
-    try:
-        return _gen_from_json(hit)
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return None  # an entry of the wrong shape (another version?) is a miss: regenerate
-
-
-def remember_generation(
-    cache: Cache | None, handle: ModelHandle, request: GenRequest, gen: Generation, latency: float
-) -> None:
-    if cache is not None and handle.cacheable:
-        cache.put("generate", _generation_key(handle, request), _gen_to_json(gen, latency))
-
-
-def generate_cached(
-    cache: Cache | None,
-    handle: ModelHandle,
-    text: str,
-    add_bos: bool,
-    sampling: Sampling,
-    grammar: str | None,
-    logprobs: int | None,
-) -> tuple[Generation, float, bool]:
-    """(generation, latency ms, served from the cache). CellError propagates and is not cached."""
-    request = GenRequest(text, add_bos, sampling, grammar, logprobs)
-    hit = cached_generation(cache, handle, request)
-    if hit is not None:
-        return hit[0], hit[1], True
-    backend = handle.get()
-    start = time.perf_counter()
-    gen = backend.generate(text, add_bos, sampling, grammar=grammar, logprobs=logprobs)
-    latency = (time.perf_counter() - start) * 1000
-    remember_generation(cache, handle, request, gen, latency)
-    return gen, latency, False
-
-
-class RunServices:
-    """Model access for checks (scoring.Services): choices, judges and embeddings.
-
-    Judge and embedding models named by `provider:` are opened on first use and stay resident
-    until the run ends; without a provider, checks use the model under test (its embedding-mode
-    twin for embeddings). Every answer goes through the result cache.
-    """
-
-    def __init__(
-        self,
-        plan: Plan,
-        opener: Opener,
-        on_model: Callable[[dict[str, Any]], None],
-        cache: Cache | None = None,
-    ) -> None:
-        self.plan = plan
-        self.opener = opener
-        self.on_model = on_model
-        self.cache = cache
-        self.handle: ModelHandle | None = None
-        self._aux: dict[tuple[str, bool], ModelHandle] = {}
-        self._judge_grammar: str | None = None
-        self.judge_sampling = Sampling(0.0, 0.95, 40, 0.05, 320, (), plan.sampling.seed, 1.0)
-
-    def use(self, handle: ModelHandle) -> None:
-        self.handle = handle
-
-    def same_model(self, provider: str) -> bool:
-        """Whether a check's `provider:` names the model under test (it then shares its backend)."""
-        model = self.plan.aux_models.get(provider)
-        return (
-            model is not None and self.handle is not None and model.path == self.handle.model.path
-        )
-
-    def _resolve(self, provider: str | None) -> PlannedModel:
-        if provider is None:
-            assert self.handle is not None
-            return self.handle.model
-        return self.plan.aux_models[provider]
-
-    def _handle(self, model: PlannedModel, embedding: bool, role: str) -> ModelHandle:
-        if not embedding and self.handle is not None and model.path == self.handle.model.path:
-            return self.handle  # judging with the model under test: reuse the loaded one
-        key = (str(model.path), embedding)
-        if key not in self._aux:
-
-            def loaded(backend: Backend, load_ms: float) -> None:
-                record = model_record(model)
-                record["role"] = role
-                record["load_ms"] = round(load_ms, 1)
-                record["runtime"] = {"backend": backend.info.backend, **backend.info.facts}
-                self.on_model(record)
-
-            self._aux[key] = ModelHandle(model, self.opener, embedding=embedding, after_load=loaded)
-        return self._aux[key]
-
-    def choices(self, context: str, add_bos: bool, choices: Sequence[str]) -> list[ChoiceScore]:
-        assert self.handle is not None
-        key = None
-        identity = self.handle.identity() if self.cache is not None else {}
-        cache = self.cache if self.handle.cacheable else None
-        if cache is not None:
-            key = choices_key(identity, context, add_bos, choices)
-            hit = cache.get("choices", key)
-            if hit is not None:
-                try:
-                    return [ChoiceScore(**c) for c in hit]
-                except (TypeError, KeyError):
-                    pass  # wrong shape: a miss
-        # The backend reuses a cached prefix only where that cannot change the scores
-        # (backends/llama_decode.py), so the previous cell's prefix is kept.
-        scores = self.handle.get().score_choices(context, add_bos, choices)
-        if cache is not None and key is not None:
-            cache.put("choices", key, [asdict(c) for c in scores])
-        return scores
-
-    def judge(self, provider: str | None, messages: Sequence[Message]) -> dict[str, Any]:
-        model = self._resolve(provider)
-        handle = self._handle(model, embedding=False, role="judge")
-        if self._judge_grammar is None:
-            self._judge_grammar = json_schema_to_grammar(scoring.JUDGE_SCHEMA, "judge verdict")
-        if model.chat is not None:
-            text, add_bos = model.chat.apply(messages, f"judge {model.label}"), False
-        else:  # a base model: the turns as plain text
-            text, add_bos = "\n\n".join(m.content for m in messages) + "\n\n", True
-        gen, _latency, _cached = generate_cached(
-            self.cache, handle, text, add_bos, self.judge_sampling, self._judge_grammar, None
-        )
-        try:
-            verdict = json.loads(gen.text)
-        except ValueError:
-            raise ValueError(
-                f"judge {model.label} returned no complete JSON verdict (ran out at {gen.completion_tokens} tokens?)"
-            ) from None
-        if not isinstance(verdict, dict) or not {"reason", "pass", "score"} <= set(verdict):
-            raise ValueError(f"judge {model.label} returned {gen.text[:80]!r}, not a verdict")
-        return verdict
-
-    def embed(self, provider: str | None, texts: Sequence[str]) -> list[list[float]]:
-        model = self._resolve(provider)
-        handle = self._handle(model, embedding=True, role="embedding")
-        out: list[list[float] | None] = [None] * len(texts)
-        keys = []
-        for i, text in enumerate(texts):
-            key = make_key(kind="embed", **handle.identity(), text=text) if self.cache else ""
-            keys.append(key)
-            if self.cache is not None and handle.cacheable:
-                hit = self.cache.get("embed", key)
-                if isinstance(hit, list) and all(isinstance(x, (int, float)) for x in hit):
-                    out[i] = [float(x) for x in hit]
-        missing = [i for i, v in enumerate(out) if v is None]
-        if missing:
-            vectors = handle.get().embed([texts[i] for i in missing])
-            for i, vector in zip(missing, vectors, strict=True):
-                out[i] = vector
-                if self.cache is not None and handle.cacheable:
-                    self.cache.put("embed", keys[i], vector)
-        return [v for v in out if v is not None]
-
-    def close(self) -> None:
-        for handle in self._aux.values():
-            handle.close()
-        self._aux.clear()
 
 
 def compact_logprobs(gen: Generation | None) -> dict[str, Any] | None:

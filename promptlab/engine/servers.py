@@ -9,7 +9,7 @@ from promptlab.backends.server import ServerSpec, choice_problem
 from promptlab.errors import InputError
 
 if TYPE_CHECKING:
-    from promptlab.engine.runner import ModelHandle
+    from promptlab.engine.handles import ModelHandle
     from promptlab.plan import Cell
 
 

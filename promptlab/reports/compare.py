@@ -1,5 +1,4 @@
-# Over 600 lines: one comparison of two runs: matched cells, its CSV and HTML, the baseline.
-"""Compare two runs cell by cell, and the project's baseline run.
+"""Compare two runs cell by cell.
 
 `compare(a, b)` matches the cells of two run folders by test identity and sorts every pair into
 regressions (passed in A, fail or error in B), fixes, changed outputs (same status, different
@@ -12,15 +11,12 @@ grid setting and repeat). Cells left over on both sides are then matched by (mod
 setting, test description, vars, repeat), so inserting a test (which shifts test indexes and
 therefore ids) still pairs the tests that did not change.
 
-No pandas here; the CSV is written with the csv module and the HTML page by hand, every piece of
-text escaped, no script and no external resource.
+Without a run A, `compare` takes the project's baseline (promptlab.reports.baseline); the files
+it writes, compare.csv and compare.html, come from promptlab.reports.compare_report. No pandas.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import json
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -29,34 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptlab.engine.store import MANIFEST, atomic_write, read_manifest, read_results
+from promptlab.engine.store import MANIFEST, read_manifest, read_results
 from promptlab.errors import InputError
+from promptlab.reports.baseline import get_baseline, project_of
+from promptlab.reports.compare_report import write_files
 
 if TYPE_CHECKING:
     from promptlab.reports import stats
 
 KINDS = ("regression", "fix", "changed", "same", "only_a", "only_b")
-CSV_COLUMNS = (
-    "kind",
-    "model",
-    "prompt",
-    "setting",
-    "test",
-    "repeat",
-    "vars",
-    "matched_by",
-    "a_cell_id",
-    "b_cell_id",
-    "a_status",
-    "b_status",
-    "a_score",
-    "b_score",
-    "score_delta",
-    "a_failed_checks",
-    "b_failed_checks",
-    "a_output",
-    "b_output",
-)
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -185,29 +162,22 @@ class CellDiff:
             return None
         return round(_score(self.b) - _score(self.a), 6)
 
-    def csv_row(self) -> dict[str, Any]:
-        a, b, r = self.a or {}, self.b or {}, self.row
-        return {
-            "kind": self.kind,
-            "model": r.get("model"),
-            "prompt": r.get("prompt"),
-            "setting": r.get("setting") or "",
-            "test": r.get("test"),
-            "repeat": r.get("repeat", 0),
-            "vars": json.dumps(r.get("vars") or {}, ensure_ascii=False, default=str),
-            "matched_by": self.matched_by,
-            "a_cell_id": a.get("cell_id", ""),
-            "b_cell_id": b.get("cell_id", ""),
-            "a_status": a.get("status", ""),
-            "b_status": b.get("status", ""),
-            "a_score": a.get("score", ""),
-            "b_score": b.get("score", ""),
-            "score_delta": "" if self.score_delta is None else self.score_delta,
-            "a_failed_checks": _failed_checks(self.a),
-            "b_failed_checks": _failed_checks(self.b),
-            "a_output": _out(self.a),
-            "b_output": _out(self.b),
-        }
+    # What compare.csv and compare.html show of each side ("" for a side without the cell).
+    @property
+    def a_output(self) -> str:
+        return _out(self.a)
+
+    @property
+    def b_output(self) -> str:
+        return _out(self.b)
+
+    @property
+    def a_failed_checks(self) -> str:
+        return _failed_checks(self.a)
+
+    @property
+    def b_failed_checks(self) -> str:
+        return _failed_checks(self.b)
 
 
 def _out(row: dict[str, Any] | None) -> str:
@@ -425,7 +395,7 @@ def _brief(d: CellDiff) -> dict[str, Any]:
         "repeat": r.get("repeat", 0),
         "a_status": (d.a or {}).get("status"),
         "b_status": (d.b or {}).get("status"),
-        "b_failed_checks": _failed_checks(d.b),
+        "b_failed_checks": d.b_failed_checks,
     }
 
 
@@ -484,245 +454,3 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
-
-
-def write_files(result: Comparison, folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"-o {folder}: cannot create the folder: {exc.strerror or exc}",
-            hint="choose a writable folder",
-        ) from None
-    result.csv_path, result.html_path = folder / "compare.csv", folder / "compare.html"
-    atomic_write(result.csv_path, to_csv(result))
-    atomic_write(result.html_path, to_html(result))
-
-
-def to_csv(result: Comparison) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for d in result.cells:
-        writer.writerow(d.csv_row())
-    return buf.getvalue()
-
-
-# --- HTML ----------------------------------------------------------------------------------
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2430;background:#fafbfc}
-h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 8px} .muted{color:#667085}
-table{border-collapse:collapse;background:#fff} th,td{border:1px solid #e3e7ee;padding:6px 8px;vertical-align:top;text-align:left}
-th{background:#f2f4f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.pass{background:#eaf6ec} .fail{background:#fdecec} .error{background:#fff4e0}
-.regression{color:#a11;font-weight:600} .fix{color:#1b5e20;font-weight:600}
-pre{white-space:pre-wrap;word-break:break-word;margin:0;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace;max-height:14em;overflow:auto;max-width:520px}
-.counts span{display:inline-block;margin-right:14px}
-"""
-
-# Beyond this many cells per section, the page points to compare.csv (which has them all).
-HTML_LIMIT = 1000
-
-
-def _e(value: Any) -> str:
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return html.escape(text, quote=True)
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
-def _run_html(tag: str, run: Run) -> str:
-    m = run.manifest
-    suite = (m.get("suite") or {}).get("path", "")
-    return (
-        f"<tr><th>{tag}</th><td>{_e(str(run.folder))}</td><td>{_e(m.get('started_at'))}</td>"
-        f"<td>{_e(suite)}</td><td>{_e(run.commit)}</td><td>{_e(m.get('status'))}</td>"
-        f'<td class="num">{len(run.rows)}</td></tr>'
-    )
-
-
-def _variants_html(variants: list[VariantDelta]) -> str:
-    head = (
-        "<tr><th>variant</th><th>cells</th><th>A pass</th><th>B pass</th><th>Δ points</th>"
-        "<th>regressions</th><th>fixes</th><th>changed</th><th>Δ score</th><th>p (Holm)</th>"
-        "<th>verdict</th></tr>"
-    )
-    body = []
-    for v in variants:
-        c = v.comparison
-        interval = (
-            f" [{c.diff_lo:.0f}, {c.diff_hi:.0f}]"
-            if c.diff_lo is not None and c.diff_hi is not None
-            else ""
-        )
-        body.append(
-            f"<tr><td>{_e(v.label)}</td><td class='num'>{v.cells}</td>"
-            f"<td class='num'>{v.a_rate:.0%}</td><td class='num'>{v.b_rate:.0%}</td>"
-            f"<td class='num'>{v.points:+.0f}{_e(interval)}</td>"
-            f"<td class='num'>{v.regressions}</td><td class='num'>{v.fixes}</td>"
-            f"<td class='num'>{v.changed}</td><td class='num'>{_num(c.score_diff, '+.3f')}</td>"
-            f"<td class='num'>{_num(c.p_holm, '.3g')}</td><td>{_e(c.verdict)}</td></tr>"
-        )
-    return f"<table>{head}{''.join(body)}</table>"
-
-
-def _cells_html(diffs: list[CellDiff], what: str) -> str:
-    if not diffs:
-        return '<p class="muted">none</p>'
-    head = (
-        "<tr><th>variant</th><th>test</th><th>A</th><th>B</th><th>Δ score</th>"
-        "<th>A output</th><th>B output</th><th>B failed checks</th></tr>"
-    )
-    body = []
-    for d in diffs[:HTML_LIMIT]:
-        a_status, b_status = (d.a or {}).get("status", ""), (d.b or {}).get("status", "")
-        body.append(
-            f"<tr><td>{_e(d.label)}</td><td>{_e(d.test)}</td>"
-            f'<td class="{_e(a_status)}">{_e(a_status)}</td>'
-            f'<td class="{_e(b_status)}">{_e(b_status)}</td>'
-            f"<td class='num'>{_num(d.score_delta, '+.3f')}</td>"
-            f"<td><pre>{_e(_out(d.a))}</pre></td><td><pre>{_e(_out(d.b))}</pre></td>"
-            f"<td><pre>{_e(_failed_checks(d.b))}</pre></td></tr>"
-        )
-    more = ""
-    if len(diffs) > HTML_LIMIT:
-        more = f'<p class="muted">{len(diffs) - HTML_LIMIT} more {_e(what)} in compare.csv</p>'
-    return f"<table>{head}{''.join(body)}</table>{more}"
-
-
-def to_html(result: Comparison) -> str:
-    c = result.counts
-    counts = "".join(
-        f"<span>{_e(label)}: <b>{c.get(kind, 0)}</b></span>"
-        for kind, label in (
-            ("matched", "matched cells"),
-            ("regression", "regressions"),
-            ("fix", "fixes"),
-            ("changed", "changed outputs"),
-            ("same", "unchanged"),
-            ("only_a", "only in A"),
-            ("only_b", "only in B"),
-        )
-    )
-    sections = [
-        ("Regressions (passed in A, fail or error in B)", "regression", "regressions"),
-        ("Fixes (fail or error in A, passed in B)", "fix", "fixes"),
-        ("Changed outputs (same outcome, different text)", "changed", "changed outputs"),
-        ("Only in A", "only_a", "cells"),
-        ("Only in B", "only_b", "cells"),
-    ]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        # No script may run on this page, whatever a model wrote.
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>promptlab compare: {_e(result.a.name)} → {_e(result.b.name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Compare {_e(result.a.name)} → {_e(result.b.name)}</h1>",
-        "<table><tr><th></th><th>run</th><th>started</th><th>suite</th><th>commit</th>"
-        "<th>status</th><th>cells</th></tr>",
-        _run_html("A", result.a),
-        _run_html("B", result.b),
-        "</table>",
-        f'<p class="counts">{counts}</p>',
-        "<h2>Variants</h2>",
-        '<p class="muted">Pass rates over the cells both runs have; Δ = B − A with a 95% '
-        "paired-bootstrap interval; exact McNemar (a permutation test with repeats), "
-        "Holm-adjusted across variants.</p>",
-        _variants_html(result.variants),
-    ]
-    for title, kind, what in sections:
-        parts.append(f"<h2>{_e(title)}</h2>")
-        parts.append(_cells_html(result.of(kind), what))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-# --- the baseline --------------------------------------------------------------------------
-
-
-def project_of(run: Path) -> Path:
-    """The project a run belongs to: its manifest's project_root, else the one holding it."""
-    from promptlab.files import find_project_root  # noqa: PLC0415
-
-    try:
-        root = read_manifest(run).get("project_root")
-    except InputError:
-        root = None
-    if isinstance(root, str) and Path(root).is_dir():
-        return Path(root)
-    return find_project_root(run if run.is_dir() else Path.cwd())
-
-
-def baseline_file(project: Path) -> Path:
-    return project / ".promptlab" / "baseline.json"
-
-
-def set_baseline(run: Path, project: Path) -> Path:
-    """Record `run` as the project's baseline; returns the file written."""
-    if not run.is_dir():
-        raise InputError(f"baseline set {run}: not a folder", hint="pass the folder of a run")
-    manifest = read_manifest(run)
-    resolved = run.resolve()
-    try:
-        stored = resolved.relative_to(project.resolve()).as_posix()
-    except ValueError:
-        stored = str(resolved)
-    record = {
-        "run": stored,
-        "set_at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "suite": (manifest.get("suite") or {}).get("path"),
-        "started_at": manifest.get("started_at"),
-        "git": manifest.get("git"),
-    }
-    file = baseline_file(project)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    return file
-
-
-def read_baseline(project: Path) -> dict[str, Any] | None:
-    file = baseline_file(project)
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{file}: unreadable baseline: {exc}", hint="promptlab baseline set RUN (or clear)"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("run"), str):
-        raise InputError(f"{file}: not a baseline record", hint="promptlab baseline set RUN")
-    return data
-
-
-def get_baseline(project: Path) -> Path | None:
-    """The baseline run folder, or None when none is set. A baseline that vanished is an error."""
-    record = read_baseline(project)
-    if record is None:
-        return None
-    path = Path(record["run"])
-    if not path.is_absolute():
-        path = project / path
-    if not (path / MANIFEST).is_file():
-        raise InputError(
-            f"the baseline {path} (from {baseline_file(project)}) is no longer a run folder",
-            hint="promptlab baseline set RUN, or promptlab baseline clear",
-        )
-    return path
-
-
-def clear_baseline(project: Path) -> bool:
-    file = baseline_file(project)
-    try:
-        file.unlink()
-    except FileNotFoundError:
-        return False
-    return True

@@ -25,7 +25,9 @@ from typing import Any
 
 from promptlab.engine.store import atomic_write
 from promptlab.errors import ExitCode, InputError
-from promptlab.reports.compare import Comparison, compare_runs, get_baseline, load_run, write_files
+from promptlab.reports.baseline import get_baseline
+from promptlab.reports.compare import Comparison, compare_runs, load_run
+from promptlab.reports.compare_report import write_files
 
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
 UNCHECKED = "unchecked"  # see promptlab.reports.tables.UNCHECKED

@@ -11,7 +11,7 @@ Each family of checks lives in its own module (text, structured, runtime, simila
 graded, code); adding a check means writing its preparer and evaluator there and naming them in
 the type sets and the two tables below. Checks that need the model (choice, llm-rubric, similar
 with embeddings) reach it through `Services`, which the runner provides; see
-promptlab/engine/runner.py.
+promptlab/engine/services.py.
 """
 
 from __future__ import annotations

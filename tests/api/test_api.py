@@ -17,7 +17,7 @@ from conftest import Project
 
 import promptlab
 from promptlab.errors import InputError, Problems
-from promptlab.reports import compare as cmp
+from promptlab.reports.compare_report import CSV_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +131,7 @@ def test_compare_two_runs(project: Project) -> None:
     assert diff.counts["regression"] == 0
     assert diff.counts["matched"] == 6
     frame = diff.to_frame()
-    assert list(frame.columns) == list(cmp.CSV_COLUMNS)
+    assert list(frame.columns) == list(CSV_COLUMNS)
     fixes = frame[frame["kind"] == "fix"]
     assert list(fixes["test"]) == ["please"]
     assert list(fixes["a_status"]) == ["fail"] and list(fixes["b_status"]) == ["pass"]

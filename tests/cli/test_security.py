@@ -561,7 +561,7 @@ def test_machine_csv_stays_exact_and_spreadsheet_copies_are_neutralized(lab: Lab
 RAW_READS_ALLOWED = {
     "engine/store.py": "the run folder promptlab itself writes",
     "reports/history.py": "run folders' manifests",
-    "reports/compare.py": "run folders and the baseline record",
+    "reports/baseline.py": "the project's baseline record (.promptlab/baseline.json)",
     "models/__init__.py": "model files (may live anywhere, see files.py), bundled packages, the sha cache",
     "models/gguf.py": "GGUF headers of model files",
     "consent.py": "the user's own trust file",

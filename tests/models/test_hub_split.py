@@ -104,7 +104,7 @@ def test_describe_records_every_part(smol: Split) -> None:
 
 def test_the_model_identity_covers_every_part(smol: Split, tmp_path: Path) -> None:
     """The cache keys on model_identity: a changed second part is another model."""
-    from promptlab.engine.runner import model_identity
+    from promptlab.engine.handles import model_identity
 
     folder = tmp_path / "copy"
     folder.mkdir()

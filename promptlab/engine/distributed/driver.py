@@ -28,20 +28,22 @@ from promptlab.engine.distributed.pool import (
     shard,
 )
 from promptlab.engine.distributed.worker import Job, JobResult
-from promptlab.engine.runner import (
+from promptlab.engine.handles import (
     ModelHandle,
-    NoProgress,
-    Progress,
-    RunServices,
-    Stats,
     cached_generation,
-    check_grammars,
     choices_key,
-    gen_request,
-    make_row,
     model_record,
     remember_generation,
 )
+from promptlab.engine.runner import (
+    NoProgress,
+    Progress,
+    Stats,
+    check_grammars,
+    gen_request,
+    make_row,
+)
+from promptlab.engine.services import RunServices
 from promptlab.engine.store import RunWriter
 from promptlab.errors import BackendError
 from promptlab.plan import Cell, Plan, PlannedModel, schedule

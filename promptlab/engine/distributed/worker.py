@@ -18,7 +18,7 @@ from promptlab.backends import (
     Sampling,
     open_backend,
 )
-from promptlab.engine.runner import model_identity
+from promptlab.engine.handles import model_identity
 from promptlab.errors import BackendError, PromptlabError
 
 
