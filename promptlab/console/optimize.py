@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from promptlab.console import err, escape, out
+from promptlab.console.terminal import err, escape, out
 from promptlab.optimize.run import OptimizeProgress, OptimizeResult
 from promptlab.optimize.search import CandidateRecord
 

@@ -1,6 +1,6 @@
 """Reports from a run folder: results.csv, summary.csv, comparisons.csv and a self-contained
 report.html (rendered by promptlab/reports/html.py). The statistics come from
-promptlab/reports/stats.py.
+promptlab/reports/stats/.
 
 The only module that imports pandas. Everything here is rebuilt from results.jsonl and
 manifest.json, so `promptlab report DIR` reproduces the files of a finished or interrupted run.

@@ -16,7 +16,8 @@ from typing import Any
 
 from conftest import CliResult, Project
 
-from promptlab.reports.html import embed_json, grid_data, render_html
+from promptlab.reports.html import render_html
+from promptlab.reports.page_data import embed_json, grid_data
 
 Cli = Callable[..., CliResult]
 

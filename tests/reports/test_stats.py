@@ -20,7 +20,7 @@ from scipy import stats as sps
 from scipy.special import comb
 
 from promptlab.reports import stats
-from promptlab.reports.stats import Comparison
+from promptlab.reports.stats import Comparison, intervals, significance
 
 Cli = Callable[..., CliResult]
 Z = 1.959963984540054  # z_{0.975}
@@ -651,7 +651,7 @@ def test_random_sign_flips_draw_exactly_what_scipy_draws(n: int) -> None:
         alternative="two-sided",
         random_state=np.random.default_rng(stats.SEED),
     )
-    assert stats._sign_flip_p(d, stats.N_PERMUTATIONS_QUICK) == pytest.approx(res.pvalue)
+    assert significance._sign_flip_p(d, stats.N_PERMUTATIONS_QUICK) == pytest.approx(res.pvalue)
 
 
 @pytest.mark.parametrize("method", ["BCa", "percentile"])
@@ -661,7 +661,7 @@ def test_bootstrap_port_matches_scipy(method: str, seed: int) -> None:
     ref = sps.bootstrap(
         (data,), np.mean, n_resamples=999, method=method, random_state=np.random.default_rng(0)
     ).confidence_interval
-    got = stats._bootstrap_interval(data, method.lower(), 0.95, 999, 0)
+    got = intervals._bootstrap_interval(data, method.lower(), 0.95, 999, 0)
     assert got == pytest.approx((ref.low, ref.high), rel=1e-12)
 
 
@@ -674,7 +674,7 @@ def test_wilson_mcnemar_and_holm_match_statsmodels() -> None:
         assert stats.wilson(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"))
     for b, c in [(0, 0), (1, 9), (4, 4), (0, 13), (30, 52)]:
         expected = mcnemar([[5, b], [c, 5]], exact=True).pvalue
-        assert stats._binom_two_sided(min(b, c), b + c) == pytest.approx(expected)
+        assert significance.binom_two_sided(min(b, c), b + c) == pytest.approx(expected)
     p = [0.01, 0.04, 0.03, 0.2, 0.04, 0.5]
     assert stats.holm_adjust(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
 
