@@ -22,6 +22,7 @@ import pytest
 from conftest import CliResult, Project
 
 from promptlab import core
+from promptlab.engine import threads
 from promptlab.engine.store import MANIFEST, RunLock, read_manifest, run_name, slug
 from promptlab.files import find_project_root
 
@@ -366,14 +367,14 @@ def four_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     import promptlab.plan.cells
 
     monkeypatch.setattr(promptlab.plan.cells, "usable_cpus", lambda: 4)
-    monkeypatch.setattr(core, "usable_cpus", lambda: 4)
-    monkeypatch.setattr(core, "is_fake", lambda spec: False)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(threads, "is_fake", lambda spec: False)
 
 
 @pytest.mark.usefixtures("four_cpus")
 def test_a_busy_machine_gets_a_thread_note(project: Project) -> None:
     plan = core.prepare(write(project.root / "s.yaml", THREADS_SUITE))
-    record = core.check_threads(plan, measure=lambda: 3.2)
+    record = threads.check_threads(plan, measure=lambda: 3.2)
     assert record is not None and record["warned"] and record["suggested_n_threads"] == 1
     assert record["default_n_threads"] == {"m": 4}
     (note,) = [n for n in plan.suite.notes if "busy" in n]
@@ -383,7 +384,7 @@ def test_a_busy_machine_gets_a_thread_note(project: Project) -> None:
 @pytest.mark.usefixtures("four_cpus")
 def test_a_quiet_machine_or_a_set_n_threads_gets_no_note(project: Project) -> None:
     plan = core.prepare(write(project.root / "s.yaml", THREADS_SUITE))
-    record = core.check_threads(plan, measure=lambda: 0.2)
+    record = threads.check_threads(plan, measure=lambda: 0.2)
     assert record is not None and not record["warned"]
     assert not [n for n in plan.suite.notes if "busy" in n]
     pinned = core.prepare(
@@ -395,20 +396,20 @@ def test_a_quiet_machine_or_a_set_n_threads_gets_no_note(project: Project) -> No
     def never() -> float:
         raise AssertionError("no need to sample the load")
 
-    assert core.check_threads(pinned, measure=never) is None
+    assert threads.check_threads(pinned, measure=never) is None
 
 
 @pytest.mark.usefixtures("four_cpus")
 def test_the_thread_check_is_noted_first_and_recorded(
     project: Project, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(core, "measure_load", lambda: 2.5)
+    monkeypatch.setattr(threads, "measure_load", lambda: 2.5)
     out = project.root / "out"
     r = cli("run", write(project.root / "s.yaml", THREADS_SUITE), "-o", out)
     assert r.code == 0, r.err
     assert r.err.startswith("note: the machine is busy")
-    threads = read_manifest(out)["threads"]
-    assert threads["others_busy_cpus"] == 2.5 and threads["warned"]
+    record = read_manifest(out)["threads"]
+    assert record["others_busy_cpus"] == 2.5 and record["warned"]
 
 
 # --- 8. the HTML report ----------------------------------------------------------------------
@@ -586,9 +587,7 @@ def test_load_is_measured_over_the_start_up_without_sleeping(
 ) -> None:
     # The window opened when promptlab started; once it is 0.1 s old there is nothing to wait
     # for. A window older than a few seconds is replaced by a fresh 0.1 s sample.
-    from promptlab import core
-
-    snap = core._cpu_snapshot()
+    snap = threads._cpu_snapshot()
     if snap is None:
         pytest.skip("no /proc/stat here")
     busy, own, wall = snap
@@ -599,12 +598,12 @@ def test_load_is_measured_over_the_start_up_without_sleeping(
         slept.append(seconds)
         real_sleep(seconds)
 
-    monkeypatch.setattr(core.time, "sleep", sleep)
-    monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 1.0))
-    load = core.measure_load()
+    monkeypatch.setattr(threads.time, "sleep", sleep)
+    monkeypatch.setattr(threads, "_STARTED", (busy, own, wall - 1.0))
+    load = threads.measure_load()
     assert load is not None and load >= 0
     assert slept == [0.0]  # the window is already 1 s old: nothing to wait for
-    monkeypatch.setattr(core, "_STARTED", (busy, own, wall - 60.0))
+    monkeypatch.setattr(threads, "_STARTED", (busy, own, wall - 60.0))
     slept.clear()
-    assert core.measure_load() is not None
+    assert threads.measure_load() is not None
     assert len(slept) == 1 and 0.09 <= slept[0] <= 0.1  # a fresh 0.1 s sample
