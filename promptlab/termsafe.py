@@ -31,3 +31,18 @@ def json_visible(text: str) -> str:
     """A JSON document with DEL, C1 and bidi characters as \\u escapes (json.dumps leaves them
     raw); still the same JSON value."""
     return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """What the command line prints for an error that reached it, one safe line each: a
+    PromptlabError's own lines (several when a suite has several problems), else an internal
+    error that names --debug. `promptlab.cli.app.main` and `run --watch` both print these."""
+    from promptlab.errors import PromptlabError  # noqa: PLC0415 - errors sits below; no cycle at import
+
+    if isinstance(exc, PromptlabError):
+        lines = exc.lines()
+    else:
+        lines = [
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)"
+        ]
+    return [f"error: {visible(line, one_line=True)}" for line in lines]

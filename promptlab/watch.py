@@ -33,7 +33,7 @@ from promptlab.engine.store import read_manifest
 from promptlab.errors import ExitCode, PromptlabError
 from promptlab.files import find_project_root
 from promptlab.reports import compare as cmp
-from promptlab.termsafe import visible
+from promptlab.termsafe import error_lines, visible
 
 if TYPE_CHECKING:
     from promptlab.core import RunResult
@@ -193,9 +193,9 @@ class Watcher:
         return {Path(p).resolve() for _, p in next(self._gen)}
 
 
-def _print_error(exc: PromptlabError) -> None:
-    for line in exc.lines():  # the CLI's own format (promptlab.cli.main)
-        print(f"error: {visible(line, one_line=True)}", file=sys.stderr)
+def _print_error(exc: BaseException) -> None:
+    for line in error_lines(exc):  # the CLI's own format (promptlab.cli.app.main)
+        print(line, file=sys.stderr)
 
 
 def _one_pass(run_pass: Callable[[], RunResult], debug: bool) -> RunResult | None:
@@ -210,14 +210,7 @@ def _one_pass(run_pass: Callable[[], RunResult], debug: bool) -> RunResult | Non
     except Exception as exc:  # a bug: reported like the CLI does, and the watch goes on
         if debug:
             traceback.print_exc()
-        print(
-            visible(
-                f"error: internal error: {type(exc).__name__}: {exc} "
-                "(rerun with --debug for a traceback)",
-                one_line=True,
-            ),
-            file=sys.stderr,
-        )
+        _print_error(exc)
         return None
     console.print_notes(result.notes[result.notes_shown :])
     console.print_run(result)

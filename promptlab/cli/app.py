@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import TyperException
 
     from promptlab.errors import PromptlabError
-    from promptlab.termsafe import visible
+    from promptlab.termsafe import error_lines
 
     args = sys.argv[1:] if argv is None else argv
     _argv[:] = args
@@ -65,19 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     except PromptlabError as exc:
         if _state["debug"] or "--debug" in args:
             raise
-        for line in exc.lines():  # one line per problem (several when a suite has several)
-            print(f"error: {visible(line, one_line=True)}", file=sys.stderr)
+        for line in error_lines(exc):  # one line per problem (several when a suite has several)
+            print(line, file=sys.stderr)
         code = int(exc.exit_code)
     except Exception as exc:
         if _state["debug"] or "--debug" in args:
             raise
-        print(
-            visible(
-                f"error: internal error: {type(exc).__name__}: {exc} "
-                "(rerun with --debug for a traceback)",
-                one_line=True,
-            ),
-            file=sys.stderr,
-        )
+        print(*error_lines(exc), file=sys.stderr)
         code = 1
     sys.exit(int(code or 0))
